@@ -1,0 +1,153 @@
+"""Pictures of what the code does: images with instance masks, panoptic maps, dataset statistics.
+
+Every function draws into a matplotlib ``Axes`` (made if not given) and returns it, so notebooks
+can lay pictures out in grids and the demo report can save them. Later stages add pictures of
+bases, attentions, blended masks and loss curves here. Introduced in ``notebooks/00_data.ipynb``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def to_numpy_image(image) -> np.ndarray:
+    """An image as uint8 ``[H, W, 3]``: accepts float ``[3, H, W]`` in 0..1 or uint8 ``[H, W, 3]``."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image
+
+
+def instance_colors(count: int, seed: int = 3) -> np.ndarray:
+    """``count`` distinct, bright colours as float ``[count, 3]`` in 0..1 (fixed for a seed)."""
+    hues = (np.arange(count) * 0.618033988749895 + np.random.default_rng(seed).random()) % 1.0
+    hsv = np.stack([hues, np.full(count, 0.75), np.full(count, 0.95)], axis=1)
+    return matplotlib.colors.hsv_to_rgb(hsv) if count else np.zeros((0, 3))
+
+
+def _axes(ax):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.set_axis_off()
+    return ax
+
+
+def draw_instances(image, masks=None, boxes=None, labels: Optional[Sequence[str]] = None,
+                   alpha: float = 0.55, ax=None, title: Optional[str] = None):
+    """Draw an image with its instances: masks ``[G, H, W]`` tinted, boxes ``[G, 4]`` xyxy, labels.
+
+    ``labels`` are the texts written at each box's corner (class name, score, ...).
+    """
+    ax = _axes(ax)
+    canvas = to_numpy_image(image).astype(np.float32) / 255.0
+    count = len(masks) if masks is not None else (len(boxes) if boxes is not None else 0)
+    colors = instance_colors(count)
+    if masks is not None and count:
+        masks = np.asarray(masks.detach().cpu() if isinstance(masks, torch.Tensor) else masks) > 0.5
+        for mask, color in zip(masks, colors):
+            canvas[mask] = (1 - alpha) * canvas[mask] + alpha * color
+    ax.imshow(canvas, interpolation="nearest")
+    if boxes is not None:
+        boxes = np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes)
+        for index, (x0, y0, x1, y1) in enumerate(boxes):
+            # A box x0..x1 covers pixel columns x0..x1-1, whose edges in imshow are at -0.5 offsets.
+            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                       edgecolor=colors[index], linewidth=1.2))
+            if labels is not None:
+                ax.text(x0 - 0.5, y0 - 1.0, labels[index], fontsize=7, color="white",
+                        bbox=dict(facecolor=colors[index], alpha=0.8, pad=0.5, linewidth=0))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def colorize_panoptic(segment_ids: np.ndarray, segments_info: Sequence[Mapping],
+                      category_colors: Mapping[int, Sequence[int]],
+                      thing_ids: Sequence[int] = ()) -> np.ndarray:
+    """Colour a panoptic id map ``[H, W]`` as uint8 ``[H, W, 3]``.
+
+    Stuff segments take their category's colour; each thing segment takes its category's colour
+    shifted a little per instance, so that two touching circles stay apart. Id 0 (void) is black.
+    """
+    out = np.zeros(segment_ids.shape + (3,), dtype=np.uint8)
+    things = set(thing_ids)
+    rng = np.random.default_rng(0)
+    for segment in segments_info:
+        color = np.asarray(category_colors.get(segment["category_id"], (200, 200, 200)), dtype=np.int32)
+        if segment["category_id"] in things:
+            color = np.clip(color + rng.integers(-60, 61, size=3), 0, 255)
+        out[segment_ids == segment["id"]] = color.astype(np.uint8)
+    return out
+
+
+def draw_panoptic(segment_ids, segments_info, category_colors, thing_ids=(), names=None,
+                  ax=None, title: Optional[str] = None):
+    """Draw a panoptic id map ``[H, W]``; with ``names`` ({category id: name}), label each thing."""
+    ax = _axes(ax)
+    segment_ids = np.asarray(segment_ids)
+    ax.imshow(colorize_panoptic(segment_ids, segments_info, category_colors, thing_ids),
+              interpolation="nearest")
+    if names is not None:
+        for segment in segments_info:
+            if segment["category_id"] in set(thing_ids):
+                ys, xs = np.nonzero(segment_ids == segment["id"])
+                if len(xs):
+                    ax.text(xs.mean(), ys.mean(), names[segment["category_id"]], fontsize=6,
+                            ha="center", va="center", color="white")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_counts(counts: Mapping[str, float], ax=None, title: str = "", ylabel: str = "count"):
+    """A bar chart of ``{name: value}``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(counts.keys()), list(counts.values()), color="#4c72b0")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=30)
+    return ax
+
+
+def plot_size_histogram(sizes: Sequence[float], ax=None, title: str = "object sizes",
+                        bounds: Sequence[float] = ()):
+    """A log-scale histogram of object sizes (px); ``bounds`` draws vertical lines (FPN ranges)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    sizes = np.asarray(sizes, dtype=np.float64)
+    sizes = sizes[sizes > 0]
+    if len(sizes):
+        bins = np.geomspace(max(sizes.min(), 1.0), sizes.max() + 1e-9, 30)
+        ax.hist(sizes, bins=bins, color="#55a868")
+        ax.set_xscale("log")
+    for bound in bounds:
+        ax.axvline(bound, color="k", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("size (px, longer side of the box)")
+    ax.set_ylabel("instances")
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+def image_grid(count: int, ncols: int = 4, size: float = 2.6):
+    """A figure with ``count`` empty axes in rows of ``ncols``; returns ``(figure, axes list)``."""
+    nrows = max(1, -(-count // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    axes = list(axes.ravel())
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return fig, axes[:count]
