@@ -8,9 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -114,26 +111,6 @@ def test_decode_polygon_rle_uncompressed(tiny_coco):
     yy, xx = np.mgrid[:H, :W] + 0.5
     inside = (yy <= 35) & (yy >= 20 + np.abs(xx - 15) * 1.5)  # apex (15, 20), base y = 35, x 5..25
     assert (m & inside).sum() / (m | inside).sum() > 0.85
-
-
-def test_boxes_from_masks_hand_cases():
-    masks = torch.zeros(3, 6, 7, dtype=torch.uint8)
-    masks[0, 2, 3] = 1
-    masks[1, 1:4, 0:7] = 1
-    boxes = boxes_from_masks(masks)
-    assert boxes.tolist() == [[3, 2, 4, 3], [0, 1, 7, 4], [0, 0, 0, 0]]
-    assert boxes_from_masks(torch.zeros(0, 6, 7)).shape == (0, 4)
-
-
-@settings(max_examples=60, deadline=None)
-@given(arrays(np.uint8, st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 9)),
-              elements=st.integers(0, 1)))
-def test_boxes_from_masks_is_tight(masks):
-    boxes = boxes_from_masks(torch.from_numpy(masks))
-    for m, box in zip(masks, boxes.tolist()):
-        ys, xs = np.nonzero(m)
-        want = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 0, 0]
-        assert box == [float(v) for v in want]
 
 
 def test_rgb_id_round_trip():
