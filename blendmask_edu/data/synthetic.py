@@ -44,7 +44,6 @@ was built with, so byte-identical files need the same Pillow build (a pinned env
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -53,6 +52,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 from tqdm import tqdm
+
+from .files import id_to_rgb, write_json
 
 CIRCLE, TRIANGLE, RECTANGLE, STAR, RING = 1, 2, 3, 4, 5
 SKY, GROUND, POLE, NET = 6, 7, 8, 9
@@ -442,17 +443,6 @@ def _write_png(array, path):
     Image.fromarray(array).save(path, format="PNG", compress_level=6, optimize=False)
 
 
-def _write_json(obj, path):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-        f.write("\n")
-
-
-def _ids_to_rgb(ids):
-    """[H, W] int32 ids -> [H, W, 3] uint8 with id = R + 256 G + 256^2 B (COCO panoptic)."""
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
 def _instance_annotations(sample, image_id):
     """COCO instance annotations of one image; ids are image_id * 100 + g + 1, unique everywhere."""
     annotations = []
@@ -498,7 +488,7 @@ def generate_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: i
         image_id = ID_OFFSETS[split] + index + 1
         file_name = f"{image_id:012d}.png"
         _write_png(sample.image, root / split / file_name)
-        _write_png(_ids_to_rgb(sample.panoptic_ids),
+        _write_png(id_to_rgb(sample.panoptic_ids),
                    root / "annotations" / f"panoptic_{split}" / file_name)
         rec = records[split]
         rec["images"].append({"id": image_id, "file_name": file_name, "width": size, "height": size,
@@ -516,10 +506,10 @@ def generate_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: i
                  "panoptic": annotations / f"panoptic_{split}.json",
                  "panoptic_dir": annotations / f"panoptic_{split}"}
         common = {"info": info, "licenses": [], "images": rec["images"]}
-        _write_json({**common, "annotations": rec["annotations"], "categories": THING_CATEGORIES},
-                    paths["instances"])
-        _write_json({**common, "annotations": rec["panoptic"],
-                     "categories": THING_CATEGORIES + STUFF_CATEGORIES}, paths["panoptic"])
+        write_json(paths["instances"], {**common, "annotations": rec["annotations"],
+                                        "categories": THING_CATEGORIES})
+        write_json(paths["panoptic"], {**common, "annotations": rec["panoptic"],
+                                       "categories": THING_CATEGORIES + STUFF_CATEGORIES})
         n = max(len(rec["images"]), 1)
         summary["paths"][split] = {k: str(v) for k, v in paths.items()}
         summary["images"][split] = len(rec["images"])
