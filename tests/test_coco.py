@@ -310,6 +310,7 @@ def test_check_dataset_finds_every_planted_defect(tiny_coco):
         d["annotations"].append({**find(d["annotations"], 11), "image_id": 1234})
         d["annotations"].append({**find(d["annotations"], 11)})  # duplicate annotation id
         d["images"].append({**find(d["images"], 3)})  # duplicate image id
+        find(d["annotations"], 13)["area"] += 50  # an RLE mask's area must be its pixel count
 
     def plant_panoptic(d):
         find(d["annotations"], 2)["segments_info"].pop(0)
@@ -325,6 +326,7 @@ def test_check_dataset_finds_every_planted_defect(tiny_coco):
                 "annotation 22: unknown category id 999", "annotation 12: zero or negative box",
                 "annotation 21: polygon with fewer than 3 points", "annotation 11: unknown image id 1234",
                 "annotation 11: annotation id 11 is duplicated", "image id 3 is duplicated",
+                "annotation 13: area",
                 "002.png: PNG holds segment id 70000", "003.png: segment 5: area",
                 "004.png: segment 5: bbox"]
     for words in expected:

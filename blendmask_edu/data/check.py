@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .errors import DatasetError
 from .files import (IMAGE_KEYS, TOP_KEYS, PathLike, index_entries, index_panoptic, load_json,
                     panoptic_stuff, read_image, read_panoptic, scan_annotations)
-from .validation import panoptic_problems
+from .validation import panoptic_problems, rle_geometry_problem
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ def check_dataset(images_dir: PathLike, instances_json: PathLike, panoptic_json:
                   panoptic_dir: Optional[PathLike] = None, progress: bool = True) -> list:
     """Every defect of a dataset at once → list of :class:`Defect` (empty if the data is clean).
 
-    Checks the JSON structure, duplicate ids, every annotation (:func:`validate_annotation`),
-    every image (present, fully decodable, size as in the JSON) and, with a panoptic JSON, its
+    Checks the JSON structure, duplicate ids, every annotation (:func:`validate_annotation`;
+    for RLE masks also ``area`` and ``bbox`` against the mask), every image (present, fully decodable, size as in the JSON) and, with a panoptic JSON, its
     categories, each PNG (present, size) and each ``segments_info`` against the PNG's pixels
     both ways, with areas and boxes. Grayscale or RGBA images are fine. Shows a tqdm bar.
     """
@@ -46,8 +46,12 @@ def check_dataset(images_dir: PathLike, instances_json: PathLike, panoptic_json:
     images, problems = index_entries(data["images"], "image", IMAGE_KEYS)
     things, more = index_entries(data["categories"], "category", ("id", "name"))
     defects = [Defect(str(instances_json), p) for p in problems + more]
-    _, bad = scan_annotations(data["annotations"], images, things)
+    valid, bad = scan_annotations(data["annotations"], images, things)
     defects += [Defect(str(instances_json), problem, ann_id) for ann_id, problem in bad]
+    for ann in valid:
+        problem = rle_geometry_problem(ann, images[ann["image_id"]])
+        if problem:
+            defects.append(Defect(str(instances_json), problem, ann["id"]))
 
     panoptic = {}
     if panoptic_json is not None:

@@ -113,6 +113,26 @@ def validate_annotation(ann, image_info: Optional[dict], category_ids: Container
     return _segmentation_problem(ann["segmentation"], image_info["height"], image_info["width"])
 
 
+def rle_geometry_problem(ann: dict, image_info: dict) -> Optional[str]:
+    """For a valid RLE annotation: does its ``area`` and ``bbox`` agree with its mask? Else None.
+
+    An RLE mask defines its pixels exactly, so ``area`` must be its pixel count (within 1 %)
+    and ``bbox`` its tight box (within 1 px). Polygons are not checked: COCO computes their
+    area and box from the polygon, which differ from the rasterised mask by design.
+    """
+    segm = ann["segmentation"]
+    if not isinstance(segm, dict):
+        return None
+    height, width = image_info["height"], image_info["width"]
+    rle = mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
+    area, box = float(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
+    if "area" in ann and abs(float(ann["area"]) - area) > 0.01 * area + 1:
+        return f"area {ann['area']} but its RLE mask has {area:.0f} pixels"
+    if max(abs(a - b) for a, b in zip(ann["bbox"], box)) > 1:
+        return f"bbox {ann['bbox']} but its RLE mask spans {[round(v) for v in box]}"
+    return None
+
+
 def panoptic_problems(ids: np.ndarray, segments_info: Sequence[dict], check_stats: bool = False) -> list:
     """Disagreements between a panoptic id map [H, W] and its ``segments_info`` (problem strings).
 
