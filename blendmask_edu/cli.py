@@ -82,13 +82,9 @@ def _cmd_report(args) -> int:
 def _cmd_demo(args) -> int:
     """Generate the shapes dataset if it is not there yet, then write the dataset report."""
     from blendmask_edu.data.stats import write_dataset_report
-    from blendmask_edu.data.synthetic import generate_shapes
+    from blendmask_edu.data.synthetic import ensure_shapes
 
-    data = Path(args.data)
-    if not (data / "annotations" / "instances_val.json").exists():
-        generate_shapes(data, seed=0)
-    else:
-        print(f"using the dataset already in {data}")
+    data = ensure_shapes(args.data)
     stats = write_dataset_report(data, "val", args.out)
     print(f"val: {stats['images']} images, {stats['instances']} instances, sizes "
           f"{stats['size_ratio']:.1f}:1, split things in {stats['split_fraction']:.0%} of images, "

@@ -151,3 +151,50 @@ def image_grid(count: int, ncols: int = 4, size: float = 2.6):
     for ax in axes[count:]:
         ax.set_axis_off()
     return fig, axes[:count]
+
+
+def draw_locations(image, locations: Sequence[torch.Tensor], strides: Sequence[int], ax=None,
+                   title: str = "locations"):
+    """The FCOS locations of each level (list of [L_l, 2] (x, y)) as dots over the image."""
+    ax = _axes(ax)
+    ax.imshow(to_numpy_image(image), interpolation="nearest")
+    colors = instance_colors(len(locations), seed=1)
+    for points, stride, color in zip(locations, strides, colors):
+        points = points.detach().cpu()
+        ax.scatter(points[:, 0] - 0.5, points[:, 1] - 0.5, s=max(2.0, stride / 2), color=color,
+                   label=f"stride {stride}", edgecolors="none")
+    ax.legend(loc="lower right", fontsize=7, markerscale=1.5)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def draw_level_map(image, values: torch.Tensor, stride: int, ax=None, title: str = "",
+                   cmap: str = "viridis", vmin=None, vmax=None, alpha: float = 0.65):
+    """A per-location map [h, w] of one level, stretched over the image it came from."""
+    ax = _axes(ax)
+    picture = to_numpy_image(image)
+    height, width = picture.shape[:2]
+    ax.imshow(picture, interpolation="nearest")
+    values = values.detach().cpu().float().numpy()
+    h, w = values.shape
+    ax.imshow(np.ma.masked_where(np.isnan(values), values), cmap=cmap, vmin=vmin, vmax=vmax,
+              alpha=alpha, interpolation="nearest", extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_losses(log: Sequence[Mapping[str, float]], ax=None, title: str = "training losses"):
+    """Each ``loss_*`` of a training log (list of dicts with ``iter``) and their sum, log scale."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    iters = [entry["iter"] for entry in log]
+    for key in sorted(k for k in log[0] if k.startswith("loss")):
+        ax.plot(iters, [entry[key] for entry in log], label=key,
+                linewidth=2.0 if key == "loss" else 1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    return ax

@@ -270,3 +270,12 @@ def test_bad_arguments(tmp_path):
         generate_shapes(tmp_path, num_train=-1, progress=False)
     with pytest.raises(ValueError):
         generate_shapes(tmp_path, size=8, progress=False)
+
+
+def test_ensure_shapes_generates_once(tmp_path):
+    root = synthetic.ensure_shapes(tmp_path / "s", num_train=2, num_val=3, size=64, progress=False)
+    stamp = (root / "annotations" / "instances_val.json").stat().st_mtime_ns
+    synthetic.ensure_shapes(root, num_train=2, num_val=3, size=64, progress=False)
+    assert (root / "annotations" / "instances_val.json").stat().st_mtime_ns == stamp
+    synthetic.ensure_shapes(root, num_train=2, num_val=4, size=64, progress=False)
+    assert len(json.loads((root / "annotations" / "instances_val.json").read_text())["images"]) == 4

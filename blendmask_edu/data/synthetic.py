@@ -44,6 +44,7 @@ was built with, so byte-identical files need the same Pillow build (a pinned env
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -519,3 +520,20 @@ def generate_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: i
         summary["thing_sizes"][split] = {"min": min(rec["sizes"], default=0.0),
                                          "max": max(rec["sizes"], default=0.0)}
     return summary
+
+
+def ensure_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: int = 200,
+                  size: int = 128, seed: int = 0, progress: bool = True) -> Path:
+    """The shapes dataset at ``out_dir``, generated only if it is missing or was made with other
+    arguments (read back from the JSON files' ``info`` and image counts). Returns the root."""
+    root = Path(out_dir)
+    try:
+        for split, count in (("train", num_train), ("val", num_val)):
+            with open(root / "annotations" / f"instances_{split}.json", encoding="utf-8") as f:
+                data = json.load(f)
+            if (data["info"].get("seed"), data["info"].get("size"), len(data["images"])) != \
+                    (seed, size, count):
+                raise ValueError("made with other arguments")
+    except (OSError, ValueError, KeyError):
+        generate_shapes(root, num_train, num_val, size, seed, progress)
+    return root

@@ -1,0 +1,301 @@
+"""FCOS, the one-stage anchor-free detector BlendMask is built on (spec §2).
+
+Every feature cell of every FPN level is a *location*. A location inside an object (near its
+centre, on the level matching the object's size) is a *positive*: it predicts the object's
+class, the distances (l, t, r, b) from itself to the four box sides, and a "centerness" that
+down-weights locations far from the centre. The BlendMask top module later reads the same
+box-tower features, so the head exposes them.
+
+This module holds the geometry (locations, target assignment, box coding) as pure functions,
+and the head (``FCOSHead``). The losses are in ``fcos_loss.py``, post-processing in
+``fcos_inference.py``. Introduced in ``notebooks/01_fcos.ipynb``.
+
+Ordering (spec §2.3, gotcha 15): whenever locations of a batch are flattened, the order is
+**level-major, then image, then row-major (y, x)**; ``flatten_predictions`` and
+``batch_targets`` both produce it, so predictions and targets line up row for row.
+
+Regression is in **stride units**: targets are (l, t, r, b) / s, the head predicts
+ReLU(conv(·)) and decoding multiplies by s (spec §2.2, gotcha 9).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FCOSHead", "FCOSTargets", "assign_targets", "batch_targets", "compute_locations",
+    "decode_boxes", "encode_boxes", "flatten_predictions", "location_strides",
+    "size_ranges_from_sizes",
+]
+
+INF = 1e8  # upper bound of the last level's size range (spec §2.1)
+
+
+class FCOSTargets(NamedTuple):
+    """Training targets of FCOS for L locations (one image, or a batch after ``batch_targets``).
+
+    labels       (L,)   int64   class index 0..C-1 for positives, -1 for background
+    reg_targets  (L, 4) float32 (l, t, r, b) / stride for positives, 0 for background
+    centerness   (L,)   float32 sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) for positives, else 0
+    gt_index     (L,)   int64   index of the assigned GT box (per image, or batch-wide), -1 if none
+    num_gts      int            number of GT boxes the indices refer to
+
+    Differs from AdelaiDet: background is -1 (not C) so that ``labels >= 0`` is the positive
+    mask whatever C is; background regression targets are 0 instead of an arbitrary GT's.
+    """
+
+    labels: Tensor
+    reg_targets: Tensor
+    centerness: Tensor
+    gt_index: Tensor
+    num_gts: int
+
+
+def compute_locations(feature_shapes: Sequence[Tuple[int, int]], strides: Sequence[int],
+                      device=None) -> List[Tensor]:
+    """The (x, y) pixel centre of every feature cell, one tensor per level.
+
+    Cell (i, j) of a level with stride s sits at (j·s + ⌊s/2⌋, i·s + ⌊s/2⌋) in padded-input
+    pixels (spec §2.1, gotcha 17). Returns per level a float32 tensor (h·w, 2), row-major.
+    """
+    locations = []
+    for (h, w), s in zip(feature_shapes, strides):
+        xs = torch.arange(w, dtype=torch.float32, device=device) * s + s // 2
+        ys = torch.arange(h, dtype=torch.float32, device=device) * s + s // 2
+        y, x = torch.meshgrid(ys, xs, indexing="ij")  # (h, w) each
+        locations.append(torch.stack([x.reshape(-1), y.reshape(-1)], dim=1))  # (h·w, 2)
+    return locations
+
+
+def size_ranges_from_sizes(sizes_of_interest: Sequence[float]) -> List[Tuple[float, float]]:
+    """Per-level ranges of max(l, t, r, b) from the level boundaries (``SIZES_OF_INTEREST``).
+
+    ``[64, 128, 256, 512]`` → ``[(-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8)]``.
+    """
+    bounds = [-1.0, *map(float, sizes_of_interest), INF]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def location_strides(num_locations_per_level: Sequence[int], strides: Sequence[int],
+                     device=None) -> Tensor:
+    """The stride of every location of one image, level-major: float32 (L,)."""
+    counts = torch.as_tensor(list(num_locations_per_level), device=device)
+    values = torch.as_tensor([float(s) for s in strides], device=device)
+    return values.repeat_interleave(counts)
+
+
+def assign_targets(locations: Sequence[Tensor], strides: Sequence[int],
+                   size_ranges: Sequence[Tuple[float, float]], boxes: Tensor, labels: Tensor,
+                   center_radius: Optional[float] = 1.5) -> FCOSTargets:
+    """FCOS targets of ONE image (spec §2.3), vectorised over locations × GTs.
+
+    locations   list over levels of (L_l, 2) (x, y), from ``compute_locations``
+    strides     stride s_k of each level
+    size_ranges (lo_k, hi_k) of each level, in pixels (``size_ranges_from_sizes``)
+    boxes       (G, 4) xyxy pixels;  labels (G,) int64 class indices 0..C-1
+    Returns ``FCOSTargets`` over L = Σ L_l locations, level-major.
+
+    For location (x, y) and GT box (x0, y0, x1, y1):
+      1. l = x − x0, t = y − y0, r = x1 − x, b = y1 − y;
+      2. centre sampling: the GT's region on level k is [cx ± ρ·s_k] × [cy ± ρ·s_k] around the
+         box centre, clipped to the box; the location must be strictly inside it (all four
+         distances to the region's sides > 0). ``center_radius=None`` turns it off (the FCOS
+         paper's original rule: strictly inside the box);
+      3. lo_k ≤ max(l, t, r, b) ≤ hi_k (both bounds inclusive, so a location whose largest
+         distance is exactly 64 px qualifies on P3 and on P4);
+      4. among the GTs that qualify, the smallest box area wins (equal areas: lowest index).
+    Regression targets are (l, t, r, b) / s_k; centerness = sqrt(min(l,r)/max(l,r) ·
+    min(t,b)/max(t,b)). Empty or inverted boxes have an empty region and never get positives.
+
+    Differs from AdelaiDet: background is -1 (not C); gt_index is per image (``batch_targets``
+    adds the batch offsets); the centre-sampling quirk of gotcha 12 is not reproduced.
+    """
+    device = locations[0].device
+    points = torch.cat(list(locations), dim=0).float()  # (L, 2)
+    num_locs = points.shape[0]
+    counts = [len(p) for p in locations]
+    stride = location_strides(counts, strides, device)  # (L,)
+    ranges = torch.as_tensor([[float(lo), float(hi)] for lo, hi in size_ranges], device=device)
+    lo, hi = ranges.repeat_interleave(torch.as_tensor(counts, device=device), dim=0).unbind(1)
+    boxes = boxes.to(device=device, dtype=torch.float32).reshape(-1, 4)
+    labels = labels.to(device=device, dtype=torch.int64).reshape(-1)
+    num_gts = boxes.shape[0]
+
+    if num_gts == 0:
+        return FCOSTargets(
+            labels=torch.full((num_locs,), -1, dtype=torch.int64, device=device),
+            reg_targets=points.new_zeros(num_locs, 4),
+            centerness=points.new_zeros(num_locs),
+            gt_index=torch.full((num_locs,), -1, dtype=torch.int64, device=device),
+            num_gts=0)
+
+    x, y = points[:, 0:1], points[:, 1:2]  # (L, 1) each
+    x0, y0, x1, y1 = boxes.T[:, None, :].unbind(0)  # (1, G) each
+    l, t, r, b = x - x0, y - y0, x1 - x, y1 - y  # (L, G) each
+
+    if center_radius is None:
+        inside = (x > x0) & (x < x1) & (y > y0) & (y < y1)  # (L, G)
+    else:
+        radius = center_radius * stride[:, None]  # (L, 1)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2  # (1, G)
+        rx0, ry0 = torch.maximum(cx - radius, x0), torch.maximum(cy - radius, y0)  # (L, G)
+        rx1, ry1 = torch.minimum(cx + radius, x1), torch.minimum(cy + radius, y1)
+        # all four distances to the region > 0; the region lies inside the box, so this also
+        # means "strictly inside the box"
+        inside = (x > rx0) & (x < rx1) & (y > ry0) & (y < ry1)  # (L, G)
+
+    max_dist = torch.maximum(torch.maximum(l, t), torch.maximum(r, b))  # (L, G)
+    in_range = (max_dist >= lo[:, None]) & (max_dist <= hi[:, None])
+    candidate = inside & in_range  # (L, G)
+
+    # finite for every box, so that a candidate always beats a non-candidate (+inf)
+    area = ((x1 - x0) * (y1 - y0)).clamp(max=torch.finfo(torch.float32).max)
+    area = torch.where(candidate, area, torch.full_like(max_dist, math.inf))  # (L, G)
+    best = area.argmin(dim=1, keepdim=True)  # (L, 1) first index among equal areas
+    positive = candidate.gather(1, best).squeeze(1)  # (L,)
+    best = best.squeeze(1)  # (L,)
+
+    chosen = torch.cat([d.gather(1, best[:, None]) for d in (l, t, r, b)], dim=1)  # (L, 4)
+    chosen = torch.where(positive[:, None], chosen, torch.zeros_like(chosen))
+    left_right, top_bottom = chosen[:, [0, 2]], chosen[:, [1, 3]]  # (L, 2) each
+    ratio = (left_right.amin(1) / left_right.amax(1).clamp_min(1e-12)
+             * top_bottom.amin(1) / top_bottom.amax(1).clamp_min(1e-12))  # (L,)
+    centerness = torch.where(positive, ratio.clamp_min(0).sqrt(), torch.zeros_like(ratio))
+
+    return FCOSTargets(
+        labels=torch.where(positive, labels[best], torch.full_like(best, -1)),
+        reg_targets=chosen / stride[:, None],
+        centerness=centerness,
+        gt_index=torch.where(positive, best, torch.full_like(best, -1)),
+        num_gts=num_gts)
+
+
+def batch_targets(per_image: Sequence[FCOSTargets],
+                  num_locations_per_level: Sequence[int]) -> FCOSTargets:
+    """Concatenate per-image targets in the batch order: level-major, then image, then location.
+
+    per_image               one ``FCOSTargets`` (L,) per image, from ``assign_targets``
+    num_locations_per_level L_l of each level (the same for every image of a padded batch)
+    Returns ``FCOSTargets`` over N·L locations; ``gt_index`` is shifted by the number of GTs of
+    the previous images, so it indexes the batch-wide concatenation of GT lists (-1 stays -1).
+    """
+    sizes = list(num_locations_per_level)
+    fields = {name: [] for name in ("labels", "reg_targets", "centerness", "gt_index")}
+    offset = 0
+    for targets in per_image:
+        shifted = torch.where(targets.gt_index >= 0, targets.gt_index + offset, targets.gt_index)
+        for name, value in (("labels", targets.labels), ("reg_targets", targets.reg_targets),
+                            ("centerness", targets.centerness), ("gt_index", shifted)):
+            fields[name].append(value.split(sizes, dim=0))  # per level
+        offset += targets.num_gts
+    merged = {name: torch.cat([parts[level] for level in range(len(sizes)) for parts in split])
+              for name, split in fields.items()}
+    return FCOSTargets(**merged, num_gts=offset)
+
+
+def flatten_predictions(per_level: Sequence[Tensor]) -> Tensor:
+    """Per-level maps (N, X, h, w) → (N·L, X) in the batch order (level, image, y, x)."""
+    return torch.cat([p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]) for p in per_level], dim=0)
+
+
+def _stride_column(strides: Union[Tensor, float], like: Tensor) -> Tensor:
+    s = torch.as_tensor(strides, dtype=like.dtype, device=like.device)
+    return s[:, None] if s.dim() == 1 else s
+
+
+def encode_boxes(locations: Tensor, boxes: Tensor, strides: Union[Tensor, float]) -> Tensor:
+    """xyxy boxes (L, 4) seen from locations (L, 2) → (l, t, r, b) / s, (L, 4).
+
+    ``strides`` is (L,) or a scalar.
+    """
+    x, y = locations[:, 0], locations[:, 1]
+    ltrb = torch.stack([x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], dim=1)
+    return ltrb / _stride_column(strides, ltrb)
+
+
+def decode_boxes(locations: Tensor, ltrb: Tensor, strides: Union[Tensor, float]) -> Tensor:
+    """(l, t, r, b) in stride units (L, 4) at locations (L, 2) → xyxy boxes (L, 4).
+
+    Box = (x − l·s, y − t·s, x + r·s, y + b·s) (spec §2.5). ``strides`` is (L,) or a scalar.
+    """
+    dist = ltrb * _stride_column(strides, ltrb)
+    x, y = locations[:, 0].to(dist.dtype), locations[:, 1].to(dist.dtype)
+    return torch.stack([x - dist[:, 0], y - dist[:, 1], x + dist[:, 2], y + dist[:, 3]], dim=1)
+
+
+def _norm(kind: str, channels: int, gn_groups: int) -> nn.Module:
+    if kind == "GN":
+        # the largest group count ≤ gn_groups that divides the channels (32 for 256 channels)
+        groups = max(g for g in range(1, min(gn_groups, channels) + 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    if kind == "BN":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm={kind!r}: expected 'GN', 'BN' or 'none'")
+
+
+def _tower(num_convs: int, in_channels: int, channels: int, norm: str,
+           gn_groups: int) -> nn.Sequential:
+    layers = []
+    for i in range(num_convs):
+        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
+                   _norm(norm, channels, gn_groups), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class FCOSHead(nn.Module):
+    """The FCOS head, shared by all FPN levels (spec §2.2).
+
+    shared tower (``num_shared_convs`` blocks, 0 by default; the RT variant's merged tower)
+    then cls tower → cls_logits (C) and box tower → bbox_pred (4, ReLU) and centerness (1).
+    A block is 3×3 conv (with bias) → norm → ReLU. All convs ~ N(0, 0.01²), bias 0; the
+    classification bias is −log((1 − π)/π) so that every location starts at p = π (≈ −4.595 for
+    π = 0.01). No per-level Scale and no exp: BlendMask sets ``USE_SCALE=False``.
+
+    forward(features: list of (N, C_in, h, w)) → dict of per-level lists:
+      cls_logits (N, C, h, w) · bbox_reg (N, 4, h, w) in stride units, ≥ 0 ·
+      centerness (N, 1, h, w) logits · box_tower (N, channels, h, w), the features the
+      BlendMask top module reads.
+
+    Differs from AdelaiDet: with ``norm="BN"`` one BatchNorm is shared by all levels; with GN,
+    the group count falls to a divisor of the channels when they are fewer than ``gn_groups``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4,
+                 channels: Optional[int] = None, norm: str = "GN", gn_groups: int = 32,
+                 prior_prob: float = 0.01, num_shared_convs: int = 0):
+        super().__init__()
+        channels = in_channels if channels is None else channels
+        self.num_classes = num_classes
+        self.shared_tower = _tower(num_shared_convs, in_channels, channels, norm, gn_groups)
+        tower_in = channels if num_shared_convs > 0 else in_channels
+        self.cls_tower = _tower(num_convs, tower_in, channels, norm, gn_groups)
+        self.box_tower = _tower(num_convs, tower_in, channels, norm, gn_groups)
+        out = channels if num_convs > 0 else tower_in
+        self.out_channels = out  # channels of the box tower output
+        self.cls_logits = nn.Conv2d(out, num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(out, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(out, 1, 3, padding=1)
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, features: Sequence[Tensor]) -> Dict[str, List[Tensor]]:
+        out: Dict[str, List[Tensor]] = {"cls_logits": [], "bbox_reg": [], "centerness": [],
+                                        "box_tower": []}
+        for feature in features:
+            shared = self.shared_tower(feature)
+            cls_features, box_features = self.cls_tower(shared), self.box_tower(shared)
+            out["cls_logits"].append(self.cls_logits(cls_features))  # (N, C, h, w)
+            out["bbox_reg"].append(torch.relu(self.bbox_pred(box_features)))  # (N, 4, h, w)
+            out["centerness"].append(self.centerness(box_features))  # (N, 1, h, w)
+            out["box_tower"].append(box_features)  # (N, channels, h, w)
+        return out

@@ -1,0 +1,50 @@
+"""Presets, the JSON round trip and typed overrides."""
+
+import dataclasses
+
+import pytest
+
+from blendmask_edu.config import (PRESETS, describe, from_dict, get_config, load_config, override,
+                                  save_config, to_dict)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_round_trip_is_exact(name, tmp_path):
+    cfg = get_config(name)
+    assert from_dict(to_dict(cfg)) == cfg
+    save_config(cfg, tmp_path / "cfg.json")
+    assert load_config(tmp_path / "cfg.json") == cfg
+    assert isinstance(load_config(tmp_path / "cfg.json").backbone.levels, tuple)
+
+
+def test_paper_preset_values():
+    cfg = get_config("coco_r50_3x")
+    assert (cfg.solver.batch_size, cfg.solver.base_lr, cfg.solver.max_iter) == (16, 0.01, 270_000)
+    assert cfg.solver.steps == (210_000, 250_000) and cfg.solver.warmup_iters == 1000
+    assert cfg.input.train_short_sizes == (640, 672, 704, 736, 768, 800)
+    assert cfg.backbone.levels == (3, 4, 5, 6, 7) and cfg.fcos.sizes_of_interest == (64, 128, 256, 512)
+
+
+def test_override_parses_types_and_rejects_unknown_keys():
+    cfg = get_config("tiny")
+    assert override(cfg, "solver.base_lr", "0.05").solver.base_lr == 0.05
+    assert override(cfg, "solver.base_lr", "1").solver.base_lr == 1.0
+    assert override(cfg, "backbone.levels", "[3, 4]").backbone.levels == (3, 4)
+    assert override(cfg, "solver.clip_grad_norm", "null").solver.clip_grad_norm is None
+    assert cfg.solver.base_lr != 0.05  # the original is untouched
+    with pytest.raises(ValueError, match="unknown config key"):
+        override(cfg, "solver.learning_rate", "0.1")
+    with pytest.raises(ValueError, match="unknown Config key"):
+        from_dict({**to_dict(cfg), "typo": 1})
+
+
+def test_get_config_unknown_and_fresh_copies():
+    with pytest.raises(ValueError, match="presets"):
+        get_config("huge")
+    a, b = get_config("tiny"), get_config("tiny")
+    assert a == b and a is not b and dataclasses.replace(a, seed=1) != b
+
+
+def test_describe_lists_every_leaf():
+    text = describe(get_config("tiny"))
+    assert "solver.base_lr" in text and "backbone.depth" in text and "fcos.nms_thresh" in text
