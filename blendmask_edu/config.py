@@ -108,27 +108,34 @@ SHAPES_CLASSES = ("circle", "triangle", "rectangle", "star", "ring")
 
 
 def _tiny() -> Config:
-    """The CPU preset: shapes at 128 px, a few minutes on 2 cores.
+    """The CPU preset: shapes at 128 px, about 4–5 minutes of training on 2 cores.
 
-    Departures from the paper, each for the CPU and the 128 px images:
-    - ResNet-18 from random weights with trainable BatchNorm and nothing frozen: there are no
-      ImageNet weights offline, and frozen BN with identity statistics does not train from scratch.
-    - FPN and head width 64 and 2 convs per tower instead of 256 and 4: the head is most of the
-      cost at this size, and shapes are simple.
-    - Levels P3–P5 only, with size ranges scaled to the image: objects are 8–110 px, so P6/P7
-      (strides 64/128) would see almost nothing.
-    - Short, high-LR schedule of a few hundred iterations, batch 8.
+    Departures from the paper, each for the CPU and the small images (measured on shapes,
+    2 threads; FCOS box AP on val after the same wall time):
+    - a narrow ResNet-18 (stem width 16 instead of 64: 4× fewer channels everywhere) from
+      random weights, with trainable BatchNorm and nothing frozen: there are no ImageNet weights
+      offline, frozen BN with identity statistics does not train from scratch, and the narrow
+      trunk makes a step ~4× cheaper (0.13 s vs 0.5 s at batch 8), so five minutes hold
+      2000 steps instead of 500 (box AP 44 vs 4 for width 64 with SGD, 300 steps);
+    - FPN and head width 64 and 2 convs per tower instead of 256 and 4;
+    - levels P3–P5 only, with the size ranges scaled to the image (P3 ≤ 16 < P4 ≤ 32 < P5 px):
+      objects are 8–110 px, so P6/P7 (strides 64/128) would see almost nothing;
+    - AdamW (lr 2e-3, weight decay 0.05) for 2000 steps of batch 8 with steps at 1500/1800:
+      from scratch and this short, SGD at lr 0.02–0.08 reached box AP 3–4 where AdamW reached 7
+      (300 steps, width 64);
+    - no scale jitter (flip only): a short schedule has no time to benefit from it.
     """
     return Config(
         name="tiny", num_classes=5, category_ids=(1, 2, 3, 4, 5), class_names=SHAPES_CLASSES,
         backbone=BackboneConfig(depth=18, pretrained=False, frozen_stages=0, norm="bn",
-                                fpn_channels=64, levels=(3, 4, 5)),
+                                fpn_channels=64, levels=(3, 4, 5), width=16),
         fcos=FCOSConfig(num_convs=2, sizes_of_interest=(16, 32), pre_nms_topk=200,
                         max_detections=50),
-        input=InputConfig(train_short_sizes=(112, 128, 144), train_max_size=240,
+        input=InputConfig(train_short_sizes=(128,), train_max_size=240,
                           test_short_size=128, test_max_size=240),
-        solver=SolverConfig(batch_size=8, base_lr=0.02, max_iter=600, steps=(450, 550),
-                            warmup_iters=50, checkpoint_period=200, clip_grad_norm=10.0),
+        solver=SolverConfig(optimizer="adamw", batch_size=8, base_lr=0.002, weight_decay=0.05,
+                            max_iter=2000, steps=(1500, 1800), warmup_iters=50,
+                            checkpoint_period=500, clip_grad_norm=10.0),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from blendmask_edu.config import Config, SolverConfig
 from blendmask_edu.data.transforms import collate
@@ -97,7 +97,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
             nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
         optimizer.step()
         for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v)
+            running[k] = running.get(k, 0.0) + float(v.detach())
         if (iteration + 1) % log_period == 0 or iteration + 1 == max_iter:
             count = (iteration % log_period) + 1
             entry = {"iter": iteration + 1, "lr": optimizer.param_groups[0]["lr"],

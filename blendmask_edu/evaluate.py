@@ -12,12 +12,11 @@ import contextlib
 import io
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from blendmask_edu.data.transforms import shortest_edge_size
 
@@ -64,6 +63,7 @@ def coco_ap(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
             image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """COCO AP, AP50, AP75, APs/m/l in percent for ``results`` against ``coco_gt``.
 
+    A size range without any ground-truth object (COCO's "large" on 128 px shapes) is NaN.
     ``image_ids`` limits the evaluation to those images (default: all of ``coco_gt``).
     No detections at all gives zeros (pycocotools itself refuses an empty results list).
     """
@@ -77,8 +77,9 @@ def coco_ap(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = np.asarray(evaluator.stats[:6], dtype=np.float64) * 100.0
-    return {name: float(max(v, 0.0)) for name, v in zip(AP_NAMES, stats)}
+    # pycocotools writes -1 where a size range holds no ground truth: report that as NaN.
+    return {name: float(v * 100.0) if v >= 0 else float("nan")
+            for name, v in zip(AP_NAMES, evaluator.stats[:6])}
 
 
 def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: int = 8,
