@@ -227,7 +227,8 @@ def decode_boxes(locations: Tensor, ltrb: Tensor, strides: Union[Tensor, float])
     return torch.stack([x - dist[:, 0], y - dist[:, 1], x + dist[:, 2], y + dist[:, 3]], dim=1)
 
 
-def _norm(kind: str, channels: int, gn_groups: int) -> nn.Module:
+def make_norm(kind: str, channels: int, gn_groups: int = 32) -> nn.Module:
+    """``"GN"`` | ``"BN"`` | ``"none"`` for ``channels`` channels (the FCOS towers, the bottom module)."""
     if kind == "GN":
         # the largest group count ≤ gn_groups that divides the channels (32 for 256 channels)
         groups = max(g for g in range(1, min(gn_groups, channels) + 1) if channels % g == 0)
@@ -244,7 +245,7 @@ def _tower(num_convs: int, in_channels: int, channels: int, norm: str,
     layers = []
     for i in range(num_convs):
         layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
-                   _norm(norm, channels, gn_groups), nn.ReLU(inplace=True)]
+                   make_norm(norm, channels, gn_groups), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

@@ -1,0 +1,179 @@
+"""The bottom module: K dense *bases* at stride 4, fused from P3..P5 (spec §4).
+
+BlendMask predicts a few (K = 4) whole-image score maps, the bases B ∈ (N, K, H/4, W/4), shared
+by all instances. The blender later crops them with each instance's box and mixes the K crops
+with that instance's attention (top module, ``attention.py``). The bases are linear: no
+activation, no norm after the last conv, so they can take any sign and size — confident masks
+need large-magnitude bases (spec §5.2). Pictures of what they learn (two position-sensitive
+maps, an objectness map, a boundary map; paper Fig. 1, 3) squash them first, e.g. tanh(B/8)
+(spec gotcha 20). Introduced in notebook 02 (the bottom module and its bases).
+
+Architecture (the official code's "ProtoNet", spec §4.1), H × W the padded input size:
+
+    P3, P4, P5 ─refine (a conv block each)─▶ resize P4', P5' to P3's size, sum  (N, c, H/8, W/8)
+      ─tower (num_convs conv blocks)─▶ bilinear ×2 ─conv block─▶ 1×1 conv → K   (N, K, H/4, W/4)
+
+A *conv block* is 3×3 conv (no bias: a norm follows) → norm → ReLU, kaiming-uniform (a = 1).
+Every resize is bilinear with ``align_corners=False`` (gotcha 5). Output stride 4 comes from the
+upsampling inside the tower, not from P2 — hence the blender's pooler scale 1/4 (gotcha 3).
+
+Auxiliary thing-semantic head (spec §4.3, training only): on the raw P3 (not the refined
+features), two conv blocks with BatchNorm and a 1×1 conv predict C + 1 classes (0 = background)
+at stride 8; ``thing_semantic_targets`` paints its target from the instance masks on the fly and
+``basis_semantic_loss`` is the cross-entropy × 0.3 that the model reports as ``loss_basis_sem``.
+
+Differs from AdelaiDet: ``norm="BN"`` is plain ``BatchNorm2d``, not SyncBN, so the module runs
+on a CPU (gotcha 14; SyncBN fails there, AdelaiDet issue #293) — on one device they are the same
+thing; convert with ``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training. The
+semantic target is rasterised from the instance masks instead of being read from precomputed
+``.npz`` files (spec §11.1).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fcos import make_norm
+
+__all__ = ["BasisModule", "basis_semantic_loss", "fuse_levels", "thing_semantic_targets"]
+
+
+def _conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    """3×3 conv → norm → ReLU; the conv has a bias only when there is no norm to absorb it."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "none")
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, make_norm(norm, out_channels, 32), nn.ReLU(inplace=True))
+
+
+def fuse_levels(features: Sequence[Tensor]) -> Tensor:
+    """Sum of feature maps resized to the first one's size (spec §4.1 step 2).
+
+    features  list of (N, c, h_l, w_l), the finest level first (refined P3, P4, P5)
+    Returns (N, c, h_0, w_0) = F_0 + Σ_{l>0} bilinear(F_l → h_0 × w_0), align_corners=False.
+    """
+    size = features[0].shape[-2:]
+    fused = features[0]
+    for feature in features[1:]:
+        fused = fused + F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+    return fused
+
+
+class BasisModule(nn.Module):
+    """The bottom module: P3..P(2+in_features) → K bases at stride 4 (+ thing-semantic logits).
+
+    in_channels        channels of the FPN levels (256 in the paper)
+    num_bases          K, the number of bases (4)
+    channels           width of the refine layers and the tower (128)
+    num_convs          conv blocks of the tower at stride 8, before the ×2 upsampling (3)
+    in_features        how many FPN levels to fuse, starting at P3: 3 → P3, P4, P5
+    norm               "BN" (plain BatchNorm, see the module docstring) | "GN" | "none"
+    semantic_classes   C + 1 for the auxiliary thing-semantic head; None turns the head off
+    semantic_channels  width of that head (128); its norm is always BatchNorm (spec §4.3)
+
+    forward(features, with_semantic=None) with ``features`` the FPN levels (N, c_in, h_l, w_l),
+    P3 first (extra levels, e.g. P6, P7, are ignored), returns a dict:
+      bases       (N, K, H/4, W/4), twice P3's size
+      sem_logits  (N, C + 1, H/8, W/8) on P3, or None when the head is off or not asked for.
+    ``with_semantic=None`` runs the head in training mode only (the official code runs it at
+    inference only to visualise it); pass True to get the logits in eval mode too.
+    """
+
+    def __init__(self, in_channels: int, num_bases: int = 4, channels: int = 128,
+                 num_convs: int = 3, in_features: int = 3, norm: str = "BN",
+                 semantic_classes: Optional[int] = None, semantic_channels: int = 128):
+        super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features={in_features}: need at least one FPN level")
+        self.num_bases, self.in_features = num_bases, in_features
+        self.refine = nn.ModuleList(
+            [_conv_block(in_channels, channels, norm) for _ in range(in_features)])
+        self.tower = nn.Sequential(*[_conv_block(channels, channels, norm)
+                                     for _ in range(num_convs)])
+        self.after_upsample = _conv_block(channels, channels, norm)
+        self.bases = nn.Conv2d(channels, num_bases, 1)  # bias, PyTorch's default init
+
+        self.semantic_head: Optional[nn.Sequential] = None
+        if semantic_classes is not None:
+            self.semantic_head = nn.Sequential(
+                _conv_block(in_channels, semantic_channels, "BN"),
+                _conv_block(semantic_channels, semantic_channels, "BN"),
+                nn.Conv2d(semantic_channels, semantic_classes, 1))
+
+    def forward(self, features: Sequence[Tensor],
+                with_semantic: Optional[bool] = None) -> Dict[str, Optional[Tensor]]:
+        if len(features) < self.in_features:
+            raise ValueError(f"BasisModule fuses {self.in_features} FPN levels, "
+                             f"got {len(features)}")
+        refined = [refine(f) for refine, f in zip(self.refine, features)]  # (N, c, h_l, w_l)
+        x = self.tower(fuse_levels(refined))  # (N, c, H/8, W/8)
+        h, w = x.shape[-2:]
+        x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+        bases = self.bases(self.after_upsample(x))  # (N, K, H/4, W/4)
+
+        if with_semantic is None:
+            with_semantic = self.training
+        sem_logits = None
+        if self.semantic_head is not None and with_semantic:
+            sem_logits = self.semantic_head(features[0])  # (N, C + 1, H/8, W/8), raw P3
+        return {"bases": bases, "sem_logits": sem_logits}
+
+
+def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: Sequence[Tensor],
+                           padded_size: Tuple[int, int]) -> Tensor:
+    """The thing-semantic label map of every image, painted from its instance masks (spec §4.3).
+
+    masks_per_image   N × (G_i, H_i, W_i) uint8 (or bool) instance masks, H_i ≤ H, W_i ≤ W
+    labels_per_image  N × (G_i,) int64 contiguous class indices 0..C-1
+    padded_size       (H, W) of the padded batch
+    Returns (N, H, W) int64: 0 = background (and padding), label + 1 on things.
+
+    Masks are painted in annotation order, so where masks overlap the last one wins — the rule of
+    the official offline script. Per image, without a loop over instances: flipping the stack
+    makes "the last mask covering a pixel" the *first* maximum of the flipped stack, which is
+    what ``argmax`` returns.
+    """
+    height, width = padded_size
+    device = masks_per_image[0].device if len(masks_per_image) else None
+    out = torch.zeros((len(masks_per_image), height, width), dtype=torch.int64, device=device)
+    for i, (masks, labels) in enumerate(zip(masks_per_image, labels_per_image)):
+        if masks.shape[0] == 0:
+            continue
+        h, w = masks.shape[-2:]
+        if h > height or w > width:
+            raise ValueError(f"masks of image {i} are {h}×{w}, larger than the padded "
+                             f"{height}×{width}")
+        covered = masks.to(device) != 0  # (G, h, w) bool
+        # argmax needs numbers; uint8 keeps the stack at one byte per mask pixel
+        last = masks.shape[0] - 1 - covered.flip(0).to(torch.uint8).argmax(dim=0)  # (h, w)
+        classes = labels.to(device=device, dtype=torch.int64)[last] + 1  # (h, w)
+        out[i, :h, :w] = torch.where(covered.any(dim=0), classes, torch.zeros_like(classes))
+    return out
+
+
+def basis_semantic_loss(sem_logits: Tensor, targets: Tensor, weight: float = 0.3) -> Tensor:
+    """Auxiliary thing-semantic loss ``loss_basis_sem`` (spec §4.3, gotcha 13).
+
+    sem_logits  (N, C + 1, h, w) logits at stride s = H / h (8: P3)
+    targets     (N, H, W) int64 from ``thing_semantic_targets``, the padded batch
+    Returns weight · mean over all N·h·w pixels of −log softmax(sem_logits)[target].
+
+    The target is downsampled by keeping the top-left pixel of every s × s cell,
+    ``targets[:, ::s, ::s]`` — exactly what the official ``F.interpolate(·, scale_factor=1/8,
+    mode="nearest")`` samples, without its float round trip and channel squeeze (squeezing every
+    dim instead of dim 1 is what broke batch size 1, AdelaiDet issue #52). No ignore index:
+    padding counts as background, as in the official code.
+    """
+    n, _, h, w = sem_logits.shape
+    height, width = targets.shape[-2:]
+    stride = height // h
+    if targets.shape[0] != n or height != h * stride or width != w * stride:
+        raise ValueError(f"targets {tuple(targets.shape)} are not the logits' {h}×{w} grid "
+                         f"times one integer stride")
+    sampled = targets[:, ::stride, ::stride].to(torch.int64)  # (N, h, w) top-left of each cell
+    return F.cross_entropy(sem_logits.float(), sampled) * weight

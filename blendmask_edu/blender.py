@@ -1,0 +1,258 @@
+"""The blender: bases + per-instance attentions → instance masks (spec §5, paper §3.2).
+
+For D instances with boxes, the blender
+
+1. crops the K bases (N, K, H/4, W/4) with each box to R × R by RoIAlign (``crop_bases``),
+   the paper's r_d = RoIPool_{R×R}(B, p_d), eq. (1);
+2. resizes each instance's M × M attention to R × R (``resize_attentions``), eq. (2);
+3. soft-maxes the attention over the K axis — after the resize, not before (gotcha 1), eq. (3);
+4. sums the crops weighted by those soft-maxed attentions (``merge``), eq. (4).
+
+So every pixel of a mask logit is a convex combination of the K base values at that pixel.
+``blend`` runs the four steps; the step functions exist so that notebook 03 can show each
+one. No activation or clamp is applied anywhere before the final sigmoid / BCE (gotcha 2).
+
+Training (``blend_training_loss``, spec §5.3) crops with the GT boxes, once per GT, gathers the
+crops and targets for every FCOS positive, and applies a per-pixel BCE weighted by the
+positive's centerness target and divided by ``loss_denorm`` from ``fcos_loss.fcos_losses``.
+Targets come from RoIAlign on the full-image bitmask (``mask_targets``), the route that is
+half-pixel aligned like the pooler (gotcha 18).
+
+Inference (``postprocess_masks``, spec §5.4) crops with the predicted boxes, applies a sigmoid
+and pastes each R × R probability map into the image (``paste_masks``).
+Differs from AdelaiDet: boxes are clipped to the image BEFORE pooling at inference, so pooling
+and pasting use the same box; AdelaiDet pools with the unclipped box and pastes with the
+clipped one, which stretches masks of border-crossing boxes (gotcha 7). This is deliberate.
+
+RoIAlign / RoIPool are torchvision's (``torchvision.ops``). All arithmetic runs in float32
+(float64 stays float64) whatever the autocast state, so outputs are float.
+Introduced in notebook 03 (the top module, attentions and the blender).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import clip_boxes_to_image, roi_align, roi_pool
+
+__all__ = [
+    "blend", "blend_training_loss", "crop_bases", "mask_loss", "mask_targets", "merge",
+    "paste_masks", "postprocess_masks", "resize_attentions",
+]
+
+POOLERS = ("roi_align", "roi_pool")
+INTERPOLATIONS = ("bilinear", "nearest")
+PASTE_CHUNK = 2 ** 24  # paste at most this many D·H·W pixels at once (the grid is twice that)
+
+
+def _float(x: Tensor) -> Tensor:
+    """``x`` as float32, or float64 if it already is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def crop_bases(bases: Tensor, rois: Tensor, resolution: int, spatial_scale: float,
+               pooler: str = "roi_align") -> Tensor:
+    """Crop the bases of each instance's image with its box: eq. (1), r_d = RoIPool(B, p_d).
+
+    bases (N, K, h, w) · rois (D, 5) = (batch index, x0, y0, x1, y1) in input pixels
+    spatial_scale = bases size / input size (0.25 for bases at stride 4).
+    Returns (D, K, R, R) with R = ``resolution``.
+    ``pooler="roi_align"``: torchvision RoIAlign, aligned=True, one sample per bin (spec §5.1);
+    ``"roi_pool"``: RoIPool, the paper's Table 6 ablation.
+    """
+    bases = _float(bases)
+    rois = rois.to(bases.dtype)
+    if pooler == "roi_align":
+        return roi_align(bases, rois, output_size=resolution, spatial_scale=spatial_scale,
+                         sampling_ratio=1, aligned=True)
+    if pooler == "roi_pool":
+        return roi_pool(bases, rois, output_size=resolution, spatial_scale=spatial_scale)
+    raise ValueError(f"pooler must be one of {POOLERS}, got {pooler!r}")
+
+
+def resize_attentions(attentions: Tensor, resolution: int, num_bases: Optional[int] = None,
+                      interpolation: str = "bilinear") -> Tensor:
+    """Attention logits of each instance at the blender resolution: eq. (2), before the softmax.
+
+    attentions (D, K·M·M) in K-major layout (channel k·M² + i·M + j is (k, i, j), spec §3),
+    or already (D, K, M, M); ``num_bases`` (K) is needed for the flat form.
+    Returns (D, K, R, R) logits. ``interpolation``: "bilinear" (align_corners=False, the paper's
+    choice) or "nearest" (Table 5 ablation).
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    attentions = _float(attentions)
+    if attentions.dim() == 2:
+        if num_bases is None:
+            raise ValueError("num_bases (K) is required for flat (D, K·M·M) attentions")
+        m = math.isqrt(attentions.shape[1] // num_bases)
+        if num_bases * m * m != attentions.shape[1]:
+            raise ValueError(f"{attentions.shape[1]} attention channels are not K·M·M with "
+                             f"K = {num_bases}")
+        attentions = attentions.reshape(-1, num_bases, m, m)  # (D, K, M, M)
+    elif num_bases is not None and attentions.shape[1] != num_bases:
+        raise ValueError(f"attentions have {attentions.shape[1]} maps, expected K = {num_bases}")
+    if interpolation == "bilinear":
+        return F.interpolate(attentions, size=(resolution, resolution), mode="bilinear",
+                             align_corners=False)
+    return F.interpolate(attentions, size=(resolution, resolution), mode="nearest")
+
+
+def merge(crops: Tensor, attention_logits: Tensor) -> Tensor:
+    """Eq. (3)–(4): m_d = Σ_k softmax_k(a_d)_k ∘ r_{d,k}.
+
+    crops (D, K, R, R) · attention_logits (D, K, R, R), already at the blender resolution.
+    Returns mask logits (D, R, R).
+    """
+    weights = _float(attention_logits).softmax(dim=1)  # (D, K, R, R), sums to 1 over K
+    return (_float(crops) * weights).sum(dim=1)
+
+
+def blend(bases: Tensor, attentions: Tensor, rois: Tensor, resolution: int,
+          spatial_scale: float, pooler: str = "roi_align",
+          interpolation: str = "bilinear") -> Tensor:
+    """Mask logits of D instances: crop, resize the attention, softmax over K, weighted sum.
+
+    bases (N, K, h, w) · attentions (D, K·M·M) K-major, or (D, K, M, M)
+    rois (D, 5) = (batch index, x0, y0, x1, y1) in input pixels; spatial_scale = h / H.
+    Returns mask logits (D, R, R); D = 0 gives (0, R, R).
+    """
+    crops = crop_bases(bases, rois, resolution, spatial_scale, pooler)  # (D, K, R, R)
+    logits = resize_attentions(attentions, resolution, bases.shape[1], interpolation)
+    return merge(crops, logits)
+
+
+def _rois(boxes_per_image: Sequence[Tensor]) -> Tensor:
+    """(ΣG, 5) rois = (image index, box) from one (G_i, 4) box tensor per image."""
+    return torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1)
+                      for i, b in enumerate(boxes_per_image)])
+
+
+def mask_targets(gt_masks: Union[Tensor, Sequence[Tensor]],
+                 gt_boxes: Union[Tensor, Sequence[Tensor]], resolution: int) -> Tensor:
+    """Each GT mask cropped to its own box and resized to R × R (spec §5.3 step 4, bitmask route).
+
+    gt_masks (G, H, W) uint8/bool full-image masks and gt_boxes (G, 4) xyxy; or lists of those,
+    one per image (sizes may differ). Returns (ΣG, R, R) float in {0, 1}, images concatenated.
+    RoIAlign of the float mask (aligned=True, spatial_scale 1, adaptive sampling), then ≥ 0.5.
+    Differs from AdelaiDet's default: it rasterises polygons per box (not half-pixel aligned,
+    gotcha 18); this bitmask route matches the pooler's alignment.
+    """
+    if isinstance(gt_masks, Tensor):
+        gt_masks, gt_boxes = [gt_masks], [gt_boxes]
+    out = []
+    for masks, boxes in zip(gt_masks, gt_boxes):  # one RoIAlign per image, G_i masks at once
+        masks = masks.float()[:, None]  # (G, 1, H, W): mask g is "image" g of the batch
+        index = torch.arange(masks.shape[0], device=masks.device, dtype=masks.dtype)
+        boxes = boxes.to(masks.dtype)
+        # adaptive sampling needs x1 ≥ x0, y1 ≥ y0 (an inverted box would ask for < 0 samples)
+        boxes = torch.cat([boxes[:, :2], torch.maximum(boxes[:, 2:], boxes[:, :2])], dim=1)
+        rois = torch.cat([index[:, None], boxes], dim=1)  # (G, 5)
+        crops = roi_align(masks, rois, output_size=resolution, spatial_scale=1.0,
+                          sampling_ratio=0, aligned=True)  # (G, 1, R, R)
+        out.append((crops[:, 0] >= 0.5).float())
+    if not out:
+        raise ValueError("mask_targets needs at least one image")
+    return torch.cat(out)
+
+
+def mask_loss(mask_logits: Tensor, targets: Tensor, centerness: Tensor,
+              loss_denorm: Tensor) -> Tensor:
+    """Spec §5.3 step 5: Σ_P c_p · mean_pixels BCE(m_p, t_p) / loss_denorm, named ``loss_mask``.
+
+    mask_logits, targets (P, R, R) or (P, R²) · centerness (P,) the positives' centerness
+    targets · loss_denorm the scalar ``extras["loss_denorm"]`` of ``fcos_losses`` (Σ centerness,
+    mean over processes). Returns a scalar.
+    """
+    per_pixel = F.binary_cross_entropy_with_logits(
+        _float(mask_logits).flatten(1), targets.flatten(1).to(_float(mask_logits).dtype),
+        reduction="none")  # (P, R²)
+    per_positive = per_pixel.mean(dim=1)  # (P,)
+    return (per_positive * centerness.to(per_positive.dtype)).sum() / loss_denorm
+
+
+def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
+                        gt_boxes_per_image: Sequence[Tensor],
+                        gt_masks_per_image: Sequence[Tensor], centerness: Tensor,
+                        loss_denorm: Tensor, resolution: int, spatial_scale: float,
+                        all_attentions: Optional[Tensor] = None, pooler: str = "roi_align",
+                        interpolation: str = "bilinear") -> Tensor:
+    """The BlendMask mask loss of a batch, spec §5.3 (all positives, no subsampling).
+
+    bases (N, K, h, w) · attentions (P, K·M·M) of the FCOS positives · gt_index (P,) the
+    batch-wide index of each positive's GT (``batch_targets`` order: image 0's GTs first)
+    gt_boxes_per_image [(G_i, 4)] · gt_masks_per_image [(G_i, H_i, W_i)] · centerness (P,)
+    loss_denorm scalar from ``fcos_losses`` · all_attentions the full attention tensor, only
+    used so that a batch without positives still gives every parameter a (zero) gradient.
+    Crops and targets are made once per GT with the GT boxes (gotcha 6) and gathered per
+    positive, so positives of one GT share them. Returns the scalar ``loss_mask`` (the
+    instance-loss weight, 1.0, is the caller's). With no positive (P = 0) it returns
+    0 × (Σ bases + Σ all_attentions): finite, zero, and connected to every parameter (DDP).
+    """
+    if gt_index.numel() == 0:  # shapes only, no device sync
+        touched = attentions if all_attentions is None else all_attentions
+        return 0.0 * (bases.float().sum() + touched.float().sum())
+    gt_rois = _rois(gt_boxes_per_image)  # (ΣG, 5)
+    crops = crop_bases(bases, gt_rois, resolution, spatial_scale, pooler)  # (ΣG, K, R, R)
+    targets = mask_targets(gt_masks_per_image, gt_boxes_per_image, resolution)  # (ΣG, R, R)
+    logits = merge(crops[gt_index],  # (P, K, R, R)
+                   resize_attentions(attentions, resolution, bases.shape[1], interpolation))
+    return mask_loss(logits, targets[gt_index], centerness, loss_denorm)
+
+
+def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
+    """Put each R × R probability map back into the image inside its box (spec §5.4 step 4).
+
+    mask_probs (D, R, R) · boxes (D, 4) xyxy in image pixels · image_size (H, W).
+    Returns (D, H, W) probabilities (threshold them at 0.5 for binary masks).
+    Each image pixel centre (x + ½, y + ½) is placed at ((x + ½ − x0) / (x1 − x0))·2 − 1
+    inside the box and sampled bilinearly (``grid_sample``, align_corners=False, zeros outside),
+    the detectron2 paste. Zero padding fades the outer half map cell towards the box border, so a
+    coarse map (small R for a big box) rounds the box corners off. Boxes of zero width or height
+    paste nothing.
+    Differs from ``torchvision.ops.paste_masks_in_image``: that one grows the box by a pixel and
+    resizes, which moves borders slightly.
+    """
+    height, width = image_size
+    probs = _float(mask_probs)
+    boxes = boxes.to(probs.dtype)
+    out = []
+    chunk = max(1, PASTE_CHUNK // max(1, height * width))
+    for start in range(0, probs.shape[0], chunk):  # a loop over chunks of instances, not one each
+        p, b = probs[start:start + chunk], boxes[start:start + chunk]
+        x0, y0, x1, y1 = b[:, :, None].unbind(1)  # each (d, 1)
+        xs = torch.arange(width, device=b.device, dtype=b.dtype) + 0.5  # (W,)
+        ys = torch.arange(height, device=b.device, dtype=b.dtype) + 0.5  # (H,)
+        gx = (xs - x0) / (x1 - x0).clamp_min(1e-6) * 2 - 1  # (d, W)
+        gy = (ys - y0) / (y1 - y0).clamp_min(1e-6) * 2 - 1  # (d, H)
+        grid = torch.stack([gx[:, None, :].expand(-1, height, -1),
+                            gy[:, :, None].expand(-1, -1, width)], dim=3)  # (d, H, W, 2)
+        pasted = F.grid_sample(p[:, None], grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)[:, 0]  # (d, H, W)
+        nonempty = (x1 > x0) & (y1 > y0)  # (d, 1)
+        out.append(pasted * nonempty[:, :, None])
+    if not out:
+        return probs.new_zeros(0, height, width)
+    return torch.cat(out)
+
+
+def postprocess_masks(bases: Tensor, attentions: Tensor, boxes: Tensor, batch_index: Tensor,
+                      image_size: Tuple[int, int], resolution: int, spatial_scale: float,
+                      pooler: str = "roi_align", interpolation: str = "bilinear") -> Tensor:
+    """Masks of D detections as image-sized probabilities (spec §5.4 steps 3–4).
+
+    bases (N, K, h, w) · attentions (D, K·M·M) · boxes (D, 4) xyxy in input pixels ·
+    batch_index (D,) image of each detection · image_size (H, W) of the image(s) pasted into
+    (one image, or a batch of equally sized images). Returns (D, 1, H, W) probabilities.
+    Boxes are clipped to the image first and the clipped box is used both to pool and to paste
+    (see the module docstring: a deliberate fix of AdelaiDet's mismatch); the caller should
+    report the same clipped boxes.
+    """
+    boxes = clip_boxes_to_image(_float(boxes), image_size)
+    rois = torch.cat([batch_index.to(boxes.dtype)[:, None], boxes], dim=1)  # (D, 5)
+    logits = blend(bases, attentions, rois, resolution, spatial_scale, pooler, interpolation)
+    return paste_masks(logits.sigmoid(), boxes, image_size)[:, None]  # (D, 1, H, W)

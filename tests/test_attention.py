@@ -1,0 +1,107 @@
+"""Top module: the attention conv, its K-major layout, gathering and flattening attentions."""
+
+from __future__ import annotations
+
+import torch
+
+from blendmask_edu.attention import TopModule, flatten_attentions, gather_attentions
+from blendmask_edu.fcos import FCOSHead, flatten_predictions
+
+SHAPES = [(8, 10), (4, 5), (2, 3)]  # three levels of a padded 64 × 80 batch
+
+
+def level_maps(n=2, channels=5, shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, channels, h, w, generator=g) for h, w in shapes]
+
+
+def test_channels_and_init():
+    torch.manual_seed(0)
+    top = TopModule(64, num_bases=4, attn_size=14)
+    assert top.out_channels == 784 and top.attn.out_channels == 784
+    assert top.attn.kernel_size == (3, 3) and top.attn.stride == (1, 1)
+    assert top.attn.padding == (1, 1)
+    assert abs(top.attn.weight.std().item() - 0.01) < 5e-4
+    assert abs(top.attn.weight.mean().item()) < 5e-4
+    assert (top.attn.bias == 0).all()
+    assert sum(1 for m in top.modules() if isinstance(m, torch.nn.Conv2d)) == 1
+
+
+def test_shared_weights_on_every_level_and_no_activation():
+    torch.manual_seed(0)
+    top = TopModule(5, num_bases=2, attn_size=3)
+    features = level_maps()
+    outputs = top(features)
+    assert [o.shape for o in outputs] == [(2, 18, h, w) for h, w in SHAPES]
+    for f, o in zip(features, outputs):
+        torch.testing.assert_close(o, torch.nn.functional.conv2d(
+            f, top.attn.weight, top.attn.bias, padding=1))
+    assert (outputs[0] < 0).any()
+
+
+def test_reads_the_fcos_box_tower():
+    torch.manual_seed(0)
+    head = FCOSHead(8, num_classes=3, num_convs=1, channels=6, norm="GN")
+    top = TopModule(head.out_channels, num_bases=2, attn_size=2)
+    tower = head(level_maps(channels=8))["box_tower"]
+    assert [a.shape[1] for a in top(tower)] == [8] * 3
+
+
+def test_k_major_layout():
+    top = TopModule(1, num_bases=2, attn_size=3)
+    with torch.no_grad():
+        top.attn.weight.zero_()
+        top.attn.bias.copy_(torch.arange(18.0))
+    vector = top([torch.zeros(1, 1, 1, 1)])[0][0, :, 0, 0]  # (K·M·M,)
+    maps = vector.reshape(2, 3, 3)
+    k, i, j = 1, 2, 0
+    assert maps[k, i, j] == k * 9 + i * 3 + j
+
+
+def test_gather_equals_indexing_the_flattened_image():
+    attn = level_maps(n=3, channels=7, seed=1)
+    per_image = [torch.cat([a[i].permute(1, 2, 0).reshape(-1, 7) for a in attn])  # (L, KMM)
+                 for i in range(3)]
+    total = per_image[0].shape[0]
+    g = torch.Generator().manual_seed(2)
+    image_index = torch.randint(0, 3, (50,), generator=g)
+    locations_index = torch.randint(0, total, (50,), generator=g)
+    # make sure every level and both ends of the range are hit
+    locations_index[:4] = torch.tensor([0, 80, 100, total - 1])
+    expected = torch.stack([per_image[i][j] for i, j in zip(image_index.tolist(),
+                                                            locations_index.tolist())])
+    torch.testing.assert_close(gather_attentions(attn, image_index, locations_index), expected)
+
+
+def test_gather_no_detections():
+    attn = level_maps(channels=4)
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert gather_attentions(attn, empty, empty).shape == (0, 4)
+
+
+def test_gather_keeps_the_gradient():
+    attn = [a.requires_grad_() for a in level_maps()]
+    gather_attentions(attn, torch.tensor([1, 0]), torch.tensor([85, 3])).sum().backward()
+    assert attn[0].grad.abs().sum() == 5 and attn[1].grad.abs().sum() == 5
+    assert attn[2].grad.abs().sum() == 0
+
+
+def test_flatten_matches_fcos_order():
+    attn = level_maps(n=2, channels=6)
+    flat = flatten_attentions(attn)
+    torch.testing.assert_close(flat, flatten_predictions(attn))
+    # level-major, then image, then row-major (y, x): row of (level 1, image 1, y 2, x 3)
+    h0, w0 = SHAPES[0]
+    h1, w1 = SHAPES[1]
+    row = 2 * h0 * w0 + 1 * h1 * w1 + 2 * w1 + 3
+    torch.testing.assert_close(flat[row], attn[1][1, :, 2, 3])
+    assert flat.shape == (2 * sum(h * w for h, w in SHAPES), 6)
+
+
+def test_gather_under_autocast():
+    top = TopModule(5, num_bases=2, attn_size=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn = top(level_maps())
+        rows = gather_attentions(attn, torch.tensor([0, 1]), torch.tensor([0, 104]))
+    assert rows.shape == (2, 18) and rows.dtype == attn[0].dtype
+    torch.testing.assert_close(rows[1], attn[2][1, :, 1, 1])  # 104 = 80 + 20 + 1·3 + 1
