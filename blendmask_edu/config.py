@@ -55,6 +55,23 @@ class FCOSConfig:
 
 
 @dataclass
+class BlendMaskConfig:
+    """The bottom module, the top module and the blender (spec §3–5)."""
+
+    num_bases: int = 4                       # K
+    attn_size: int = 14                      # M
+    blend_resolution: int = 56               # R
+    pooler: str = "roi_align"                # "roi_align" (aligned, sampling 1) | "roi_pool"
+    attn_interpolation: str = "bilinear"     # "bilinear" | "nearest"
+    basis_channels: int = 128
+    basis_convs: int = 3
+    basis_norm: str = "BN"
+    basis_semantic: bool = True              # the auxiliary thing-semantic head on P3
+    basis_semantic_weight: float = 0.3
+    mask_loss_weight: float = 1.0
+
+
+@dataclass
 class InputConfig:
     """Resizing and augmentation (spec §8); the model itself never resizes."""
 
@@ -95,6 +112,7 @@ class Config:
     class_names: Tuple[str, ...] = ()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
+    blendmask: BlendMaskConfig = field(default_factory=BlendMaskConfig)
     input: InputConfig = field(default_factory=InputConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     seed: int = 0
@@ -131,6 +149,8 @@ def _tiny() -> Config:
                                 fpn_channels=64, levels=(3, 4, 5), width=16),
         fcos=FCOSConfig(num_convs=2, sizes_of_interest=(16, 32), pre_nms_topk=200,
                         max_detections=50),
+        blendmask=BlendMaskConfig(attn_size=7, blend_resolution=28, basis_channels=32,
+                                  basis_convs=2),
         input=InputConfig(train_short_sizes=(128,), train_max_size=240,
                           test_short_size=128, test_max_size=240),
         solver=SolverConfig(optimizer="adamw", batch_size=8, base_lr=0.002, weight_decay=0.05,

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "FCOSHead", "FCOSTargets", "assign_targets", "batch_targets", "compute_locations",
-    "decode_boxes", "encode_boxes", "flatten_predictions", "location_strides",
-    "size_ranges_from_sizes",
+    "decode_boxes", "encode_boxes", "flatten_predictions", "location_strides", "make_norm",
+    "size_ranges_from_sizes", "split_batch_index",
 ]
 
 INF = 1e8  # upper bound of the last level's size range (spec §2.1)
@@ -195,6 +195,19 @@ def batch_targets(per_image: Sequence[FCOSTargets],
     merged = {name: torch.cat([parts[level] for level in range(len(sizes)) for parts in split])
               for name, split in fields.items()}
     return FCOSTargets(**merged, num_gts=offset)
+
+
+def split_batch_index(index: Tensor, num_locations_per_level: Sequence[int],
+                      num_images: int) -> Tuple[Tensor, Tensor]:
+    """Batch-order location indices (level, image, y, x) → (image index, index in that image's
+    own level-major locations), both (P,) int64 — the inverse of the ``batch_targets`` order."""
+    sizes = torch.as_tensor(list(num_locations_per_level), device=index.device)  # (levels,)
+    starts = torch.cumsum(sizes, 0) - sizes  # first location of each level in one image
+    batch_starts = starts * num_images  # first location of each level in the batch order
+    level = torch.searchsorted(batch_starts, index, right=True) - 1  # (P,)
+    within = index - batch_starts[level]
+    image = within // sizes[level]
+    return image, starts[level] + within % sizes[level]
 
 
 def flatten_predictions(per_level: Sequence[Tensor]) -> Tensor:

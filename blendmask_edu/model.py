@@ -1,4 +1,4 @@
-"""The detectors, wired from their parts: ``FCOS`` (notebook 01) and, next, ``BlendMask``.
+"""The detectors, wired from their parts: ``FCOS`` (notebook 01) and ``BlendMask``.
 
 Both follow torchvision's detection convention (DESIGN §4): in train mode ``model(images,
 targets)`` returns a dict of scalar losses; in eval mode ``model(images)`` returns one dict per
@@ -6,7 +6,7 @@ image with ``boxes`` [D, 4] xyxy in the input image's pixels, ``scores`` [D] and
 (the dataset's category ids). Images are a list of [3, H, W] floats in 0..1 of any sizes: the
 model normalises and pads them to a multiple of 32 itself, and never resizes.
 
-``build_fcos(cfg)`` is the one place that reads a config to build the FCOS detector.
+``build_fcos(cfg)`` and ``build_model(cfg)`` are the one place that reads a config to build a model.
 """
 
 from __future__ import annotations
@@ -16,14 +16,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from blendmask_edu.attention import TopModule, gather_attentions
 from blendmask_edu.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet_fpn
+from blendmask_edu.basis import BasisModule, basis_semantic_loss, thing_semantic_targets
+from blendmask_edu.blender import blend_training_loss, postprocess_masks
 from blendmask_edu.config import Config
 from blendmask_edu.fcos import (FCOSHead, assign_targets, batch_targets, compute_locations,
-                                flatten_predictions, size_ranges_from_sizes)
+                                flatten_predictions, size_ranges_from_sizes, split_batch_index)
 from blendmask_edu.fcos_inference import fcos_postprocess
 from blendmask_edu.fcos_loss import fcos_losses
 
 SIZE_DIVISIBILITY = 32  # the largest backbone stride: padded sizes divide evenly at every level
+BASES_STRIDE = 4  # the bottom module's output stride (spec §4.1: upsampled inside the tower)
 
 
 def normalize_and_pad(images: Sequence[torch.Tensor], mean: torch.Tensor, std: torch.Tensor,
@@ -124,3 +128,84 @@ def build_fcos(cfg: Config) -> FCOS:
     return FCOS(backbone, head, size_ranges, f.center_radius, category_ids,
                 score_thresh=f.score_thresh, pre_nms_topk=f.pre_nms_topk,
                 nms_thresh=f.nms_thresh, max_detections=f.max_detections)
+
+
+class BlendMask(FCOS):
+    """BlendMask (Chen et al., CVPR 2020): FCOS + top module + bottom module + blender.
+
+    Stages (the paper's Fig. 2): normalise/pad → ResNet-FPN → FCOS head; the top module turns
+    the box tower into K·M·M attentions per location; the bottom module turns P3–P5 into K
+    bases at stride 4. Training: FCOS losses, then every positive location blends the bases
+    cropped by its GT box with its attention (``loss_mask``), plus the auxiliary
+    thing-semantic loss (``loss_basis_sem``). Inference: FCOS detections → gather the
+    attentions of the kept detections only → blend in the (clipped) predicted boxes → sigmoid →
+    paste into the image (``masks`` [D, 1, H, W] probabilities).
+    """
+
+    def __init__(self, backbone, head, top: TopModule, basis: BasisModule, size_ranges,
+                 center_radius: float, category_ids: Sequence[int], blend_resolution: int = 56,
+                 pooler: str = "roi_align", attn_interpolation: str = "bilinear",
+                 basis_semantic_weight: float = 0.3, mask_loss_weight: float = 1.0, **inference):
+        super().__init__(backbone, head, size_ranges, center_radius, category_ids, **inference)
+        self.top, self.basis = top, basis
+        self.blend_options = dict(resolution=blend_resolution, spatial_scale=1.0 / BASES_STRIDE,
+                                  pooler=pooler, interpolation=attn_interpolation)
+        self.basis_semantic_weight = basis_semantic_weight
+        self.mask_loss_weight = mask_loss_weight
+
+    def forward(self, images: Sequence[torch.Tensor], targets: Optional[List[Dict]] = None,
+                return_internals: bool = False):
+        batch, sizes, features, head, locations = self.features(images)
+        attentions = self.top(head["box_tower"])  # per level [N, K·M·M, h, w]
+        bottom = self.basis(features)  # bases [N, K, H/4, W/4] (+ thing-semantic logits)
+        if self.training:
+            if targets is None:
+                raise ValueError("BlendMask in train mode needs targets; call model.eval() to predict")
+            return self.losses(batch, head, locations, attentions, bottom, targets)
+        detections = self.postprocess(head, locations, sizes)
+        for i, det in enumerate(detections):
+            image_index = torch.full_like(det["locations_index"], i)
+            chosen = gather_attentions(attentions, image_index, det["locations_index"])  # [D, K·M·M]
+            det["masks"] = postprocess_masks(bottom["bases"], chosen, det["boxes"], image_index,
+                                             sizes[i], **self.blend_options)  # [D, 1, H, W]
+            if return_internals:
+                det["attentions"] = chosen
+                det["bases"] = bottom["bases"][i, :, : -(-sizes[i][0] // BASES_STRIDE),
+                                               : -(-sizes[i][1] // BASES_STRIDE)]
+        return detections
+
+    def losses(self, batch, head, locations, attentions, bottom, targets) -> Dict[str, torch.Tensor]:
+        fcos_targets = self.assign(locations, targets)
+        losses, extras = self.fcos_losses(head, fcos_targets)
+        positives = extras["pos_index"]  # [P] in the batch order (level, image, location)
+        image_index, location_index = split_batch_index(
+            positives, [len(loc) for loc in locations], len(targets))
+        chosen = gather_attentions(attentions, image_index, location_index)  # [P, K·M·M]
+        all_attentions = sum(a.sum() for a in attentions)  # a (zero) gradient for every weight
+        losses["loss_mask"] = self.mask_loss_weight * blend_training_loss(
+            bottom["bases"], chosen, fcos_targets.gt_index[positives],
+            [t["boxes"] for t in targets], [t["masks"] for t in targets],
+            fcos_targets.centerness[positives], extras["loss_denorm"],
+            all_attentions=all_attentions, **self.blend_options)
+        if bottom.get("sem_logits") is not None:
+            semantic = thing_semantic_targets([t["masks"] for t in targets],
+                                              [t["labels"] for t in targets], batch.shape[-2:])
+            losses["loss_basis_sem"] = basis_semantic_loss(bottom["sem_logits"], semantic,
+                                                           self.basis_semantic_weight)
+        return losses
+
+
+def build_model(cfg: Config) -> BlendMask:
+    """The BlendMask model of a config: ``build_model(get_config("tiny"))`` for the CPU preset,
+    ``build_model(get_config("coco_r50_3x"))`` for the paper's R-50 model."""
+    fcos = build_fcos(cfg)
+    m = cfg.blendmask
+    top = TopModule(fcos.head.out_channels, num_bases=m.num_bases, attn_size=m.attn_size)
+    basis = BasisModule(cfg.backbone.fpn_channels, num_bases=m.num_bases, channels=m.basis_channels,
+                        num_convs=m.basis_convs, norm=m.basis_norm,
+                        semantic_classes=cfg.num_classes + 1 if m.basis_semantic else None)
+    return BlendMask(fcos.backbone, fcos.head, top, basis, fcos.size_ranges, fcos.center_radius,
+                     fcos.category_ids.tolist(), blend_resolution=m.blend_resolution,
+                     pooler=m.pooler, attn_interpolation=m.attn_interpolation,
+                     basis_semantic_weight=m.basis_semantic_weight,
+                     mask_loss_weight=m.mask_loss_weight, **fcos.inference)

@@ -309,3 +309,14 @@ def test_head_shared_tower_variant_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = FCOSHead(16, 3, num_convs=1)([torch.randn(1, 16, 4, 4)])
     assert torch.isfinite(out["cls_logits"][0].float()).all()
+
+
+def test_split_batch_index_inverts_the_batch_order():
+    from blendmask_edu import fcos
+
+    sizes, num_images = [6, 4, 1], 3
+    expected = [(image, sum(sizes[:level]) + loc) for level in range(len(sizes))
+                for image in range(num_images) for loc in range(sizes[level])]
+    index = torch.arange(len(expected))
+    image, local = fcos.split_batch_index(index, sizes, num_images)
+    assert list(zip(image.tolist(), local.tolist())) == expected

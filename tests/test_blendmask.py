@@ -1,0 +1,74 @@
+"""The whole BlendMask model: its contract (DESIGN §4), and that it can learn two images by heart."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from blendmask_edu import build_model, get_config
+from blendmask_edu.data.coco import CocoInstances
+from blendmask_edu.data.files import dataset_paths
+from blendmask_edu.data.synthetic import generate_shapes
+from blendmask_edu.engine import train
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, num_train=2, num_val=1, seed=11, progress=False)
+    data = CocoInstances.from_paths(dataset_paths(root, "train"))
+    return torch.utils.data.Subset(data, [0, 1]), data
+
+
+def test_contract_losses_and_predictions(two_images):
+    subset, _ = two_images
+    torch.manual_seed(0)
+    model = build_model(get_config("tiny"))
+    images, targets = zip(*[subset[i] for i in range(2)])
+    model.train()
+    losses = model(list(images), list(targets))
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask",
+                           "loss_basis_sem"}
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        out = model([images[0], torch.rand(3, 200, 249)], return_internals=True)
+    for det, (height, width) in zip(out, [(128, 128), (200, 249)]):
+        count = len(det["scores"])
+        assert det["masks"].shape == (count, 1, height, width)
+        assert det["bases"].shape == (4, -(-height // 4), -(-width // 4))
+
+
+def _mask_iou(pred, gt):
+    inter = (pred & gt).sum().item()
+    return inter / max((pred | gt).sum().item(), 1)
+
+
+def test_overfits_two_images(two_images):
+    subset, data = two_images
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    cfg = dataclasses.replace(cfg, solver=dataclasses.replace(
+        cfg.solver, batch_size=2, max_iter=300, steps=(250,), warmup_iters=10, weight_decay=0.0))
+    model = build_model(cfg)
+    images, targets = zip(*[subset[i] for i in range(2)])
+    with torch.no_grad():
+        start = sum(model.train()(list(images), list(targets)).values()).item()
+    log = train(model, subset, cfg, progress=False, log_period=20)
+    # The centerness BCE cannot fall below the entropy of its soft targets (≈ 0.5 here), so this
+    # asks the other four losses to fall almost to zero.
+    assert log[-1]["loss"] <= 0.2 * start, (start, [round(e["loss"], 3) for e in log])
+    model.eval()
+    ious = []
+    with torch.no_grad():
+        for i in range(2):
+            image, target = subset[i]
+            det = model([image])[0]
+            ids = data.categories.category_id(target["labels"])
+            for gt_mask, category in zip(target["masks"].bool(), ids.tolist()):
+                same = det["labels"] == category
+                best = max((_mask_iou(m[0] >= 0.5, gt_mask) for m in det["masks"][same]), default=0.0)
+                ious.append(best)
+    print(f"loss {start:.3f} -> {log[-1]['loss']:.3f}; mask IoU per object {[round(v, 2) for v in ious]}")
+    assert sum(ious) / len(ious) >= 0.8, [round(v, 2) for v in ious]
