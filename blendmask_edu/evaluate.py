@@ -12,8 +12,10 @@ import contextlib
 import io
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
@@ -52,11 +54,29 @@ def predict_dataset(model, dataset, short_size: int, max_size: int, batch_size: 
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
-            for box, score, label in zip(xywh.tolist(), out["scores"].tolist(),
-                                         out["labels"].tolist()):
-                results.append({"image_id": int(target["image_id"]), "category_id": int(label),
-                                "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+            rles = _encode_masks(out["masks"], (height, width)) if "masks" in out else None
+            for k, (box, score, label) in enumerate(zip(xywh.tolist(), out["scores"].tolist(),
+                                                        out["labels"].tolist())):
+                result = {"image_id": int(target["image_id"]), "category_id": int(label),
+                          "bbox": [round(v, 2) for v in box], "score": round(score, 5)}
+                if rles is not None:
+                    result["segmentation"] = rles[k]
+                results.append(result)
     return results
+
+
+def _encode_masks(masks: torch.Tensor, size) -> List[Dict]:
+    """Mask probabilities [D, 1, h, w] (at the test size) → COCO RLEs of ``mask ≥ 0.5`` at the
+    original image ``size`` (H, W), ``counts`` as text so the results file is JSON."""
+    if masks.shape[0] == 0:
+        return []
+    if tuple(masks.shape[-2:]) != tuple(size):
+        masks = F.interpolate(masks.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    binary = (masks[:, 0] >= 0.5).cpu().numpy().astype(np.uint8)  # [D, H, W]
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
 
 
 def coco_ap(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
@@ -84,6 +104,11 @@ def coco_ap(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
 
 def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: int = 8,
                   device: Optional[torch.device] = None, progress: bool = True) -> Dict[str, float]:
-    """Box AP (percent) of ``model`` on a :class:`~blendmask_edu.data.coco.CocoInstances`."""
+    """Box AP (and mask AP, keys ``mask_*``, when the model predicts masks), in percent, of
+    ``model`` on a :class:`~blendmask_edu.data.coco.CocoInstances`."""
     results = predict_dataset(model, dataset, short_size, max_size, batch_size, device, progress)
-    return coco_ap(dataset.coco, results, "bbox", image_ids=dataset.image_ids)
+    metrics = coco_ap(dataset.coco, results, "bbox", image_ids=dataset.image_ids)
+    if results and "segmentation" in results[0]:
+        segm = coco_ap(dataset.coco, results, "segm", image_ids=dataset.image_ids)
+        metrics.update({f"mask_{k}": v for k, v in segm.items()})
+    return metrics

@@ -37,3 +37,25 @@ def test_resize_for_test_sizes_and_scales():
     assert same is image and scale == (1.0, 1.0)
     bigger, (sx, sy) = resize_for_test(image, 160, 400)
     assert bigger.shape == (3, 160, 200) and (sx, sy) == (2.0, 2.0)
+
+
+def test_mask_results_round_trip_through_pycocotools():
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from blendmask_edu.evaluate import _encode_masks
+
+    probs = torch.zeros(2, 1, 80, 100)
+    probs[0, 0, 10:30, 10:40] = 0.9
+    probs[1, 0, 40:70, 50:90] = 0.6
+    rles = _encode_masks(probs, (80, 100))
+    decoded = np.stack([mask_utils.decode(r) for r in rles])
+    assert (decoded == (probs[:, 0] >= 0.5).numpy()).all()
+    assert _encode_masks(torch.zeros(0, 1, 80, 100), (80, 100)) == []
+    coco = _coco([[10, 10, 30, 20], [50, 40, 40, 30]])
+    for ann, rle in zip(coco.dataset["annotations"], rles):
+        ann["segmentation"], ann["area"] = rle, float(mask_utils.area(rle))
+    coco.createIndex()
+    results = [{"image_id": 1, "category_id": 7, "segmentation": r, "score": 0.9, "bbox": [0, 0, 1, 1]}
+               for r in rles]
+    assert coco_ap(coco, results, "segm")["AP"] == 100.0
