@@ -7,8 +7,6 @@ same statistics. Works on any dataset in COCO's layout (``ROOT/{split}/``,
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,16 +14,10 @@ from typing import Union
 
 import numpy as np
 from PIL import Image
-from pycocotools.coco import COCO
 
 from blendmask_edu.data.coco import CategoryMap, CocoInstances
-from blendmask_edu.data.files import dataset_paths, decode_segmentation, rgb_to_id
+from blendmask_edu.data.files import dataset_paths, decode_segmentation, make_coco, rgb_to_id
 from blendmask_edu.data.synthetic import count_components
-
-
-def _quiet_coco(path: Union[str, Path]) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
 
 
 def dataset_statistics(root: Union[str, Path], split: str) -> dict:
@@ -38,7 +30,7 @@ def dataset_statistics(root: Union[str, Path], split: str) -> dict:
     pixels), ``hard_case_fraction`` {tag: share of images carrying it}.
     """
     paths = dataset_paths(root, split)
-    coco = _quiet_coco(paths.instances)
+    coco = make_coco(json.loads(Path(paths.instances).read_text()))
     categories = CategoryMap(coco.loadCats(coco.getCatIds()))
     class_counts = Counter({categories.names[i]: 0 for i in categories.thing_ids})
     sizes, split_images, tags = [], 0, Counter()
