@@ -1,25 +1,52 @@
-"""Training: the optimizer, the learning-rate schedule, the data stream and the loop.
+"""Training: the optimizer, the learning-rate schedule, the data stream, the loop, and DDP.
 
 The recipe is the paper's (spec §8): SGD with momentum, weight decay except on norm parameters,
-a linear warm-up, then the learning rate × ``gamma`` at each step. Introduced in
-``notebooks/01_fcos.ipynb`` (a short FCOS training) and explained in ``04_train.ipynb``.
+a linear warm-up, then the learning rate × ``gamma`` at each step; optional gradient clipping
+and mixed precision (``torch.autocast``, CUDA only). Introduced in ``notebooks/01_fcos.ipynb``
+(a short FCOS training) and explained in ``04_train.ipynb``.
+
+A run with ``out_dir`` writes there ``config.json``, ``metrics.jsonl`` (one JSON line per log
+entry), ``last.pt`` (:mod:`blendmask_edu.checkpoint`) and ``loss_curve.png``; ``resume=True``
+continues from ``last.pt`` and, on the CPU, ends with the same weights as a run that was never
+stopped. Three things make that exact: the batch of iteration ``i`` is a pure function of
+``(seed, i)`` (:func:`batch_indices`), every image's random augmentation draws from a generator
+seeded by its place in the data stream (not by how long the process has run), and the
+checkpoint holds the optimizer and the random states captured where the loop restarts.
+Bitwise exact needs one thread or ``torch.use_deterministic_algorithms(True)``: with several
+threads, the backward of an indexing with repeated indices (``crops[gt_index]`` in the mask
+loss) adds in a varying order, so even two uninterrupted runs differ slightly.
+
+Multi-process training (``torchrun``): :func:`init_distributed` joins the process group; ``train``
+then wraps the model in DistributedDataParallel and each process takes its share of every
+batch (``cfg.solver.batch_size`` is the total, as in the paper). The loss normalisers (number of
+positives, Σ centerness) are means over processes (``reduce_mean``, spec §2.4), so each
+process's loss is its own terms over the shared normaliser and DDP's averaged gradient equals
+the one-process gradient of the whole batch. Only process 0 writes files, prints and shows the
+progress bar.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from blendmask_edu.config import Config, SolverConfig
+from blendmask_edu import checkpoint as ckpt
+from blendmask_edu.config import Config, SolverConfig, save_config
 from blendmask_edu.data.transforms import collate
 
 NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
+CHECKPOINT_FILE, METRICS_FILE, CONFIG_FILE, CURVE_FILE = (
+    "last.pt", "metrics.jsonl", "config.json", "loss_curve.png")
 
 
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
@@ -49,64 +76,351 @@ def lr_factor(iteration: int, solver: SolverConfig) -> float:
     return decay
 
 
+# ----------------------------------------------------------------------------- processes
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over processes (all-reduce sum / world size), without gradient;
+    the tensor itself with one process."""
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total / world
+
+
+def init_distributed(device: Optional[str] = None) -> torch.device:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and return this
+    process's device: ``cuda:LOCAL_RANK`` with NCCL, or the CPU with gloo. One process: the
+    ``device`` asked for, else CUDA when available, else the CPU."""
+    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return torch.device(device or ("cuda" if use_cuda else "cpu"))
+    if use_cuda:
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
+    else:
+        local = torch.device("cpu")
+    if not dist.is_initialized():  # rank, world size and address come from torchrun's variables
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return local
+
+
+# ----------------------------------------------------------------------------- the data stream
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order (num_items,) of ``epoch``: the same for a seed, different per epoch."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_items, generator=generator)
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, iteration: int, rank: int = 0,
+                  world_size: int = 1) -> List[Tuple[int, int]]:
+    """``(dataset index, sample seed)`` of each image process ``rank`` takes at ``iteration``.
+
+    Each epoch is ``num_items // batch_size`` batches of :func:`epoch_order` (the rest is
+    dropped); process ``rank`` takes the ``rank``-th of ``world_size`` equal slices of the
+    batch. The epoch and the offset follow from ``iteration`` alone, so a resumed run skips
+    to its batch without loading an image. The sample seed, unique to the image's position in
+    the stream, seeds its augmentation: the same with one process or several.
+    """
+    epoch, step = divmod(iteration, _steps_per_epoch(num_items, batch_size, world_size))
+    return _take(epoch_order(num_items, seed, epoch), seed, epoch, step, batch_size, rank,
+                 world_size)
+
+
+def _steps_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ValueError(f"solver.batch_size={batch_size} does not split over {world_size} "
+                         f"processes; use a multiple of {world_size}")
+    if num_items < batch_size:
+        raise ValueError(f"the dataset has {num_items} images, fewer than one batch of "
+                         f"{batch_size}")
+    return num_items // batch_size
+
+
+def _take(order: torch.Tensor, seed: int, epoch: int, step: int, batch_size: int, rank: int,
+          world_size: int) -> List[Tuple[int, int]]:
+    share = batch_size // world_size
+    first = step * batch_size + rank * share  # position in the epoch's order
+    return [(index, (seed * 1_000_003 + epoch) * 1_000_003 + first + k)
+            for k, index in enumerate(order[first:first + share].tolist())]
+
+
+class _SeededItems(Dataset):
+    """``dataset[(index, sample_seed)]``: ``dataset[index]`` with torch's global generator seeded
+    by ``sample_seed`` (then put back), so random transforms repeat exactly in any process."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, item):
+        index, sample_seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
+
+
 def batches(dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0,
-            start_epoch: int = 0) -> Iterator:
-    """An endless stream of ``(images, targets)`` batches, reshuffled every epoch from ``seed``
-    (epoch ``e`` is always the same order, so a run can be replayed)."""
-    epoch = start_epoch
+            start_iter: int = 0, rank: int = 0, world_size: int = 1) -> Iterator:
+    """An endless stream of ``(images, targets)`` from iteration ``start_iter`` on: process
+    ``rank``'s share of each batch of :func:`batch_indices` (``batch_size`` is the total)."""
+    steps = _steps_per_epoch(len(dataset), batch_size, world_size)
+    epoch, step = divmod(start_iter, steps)
     while True:
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                            num_workers=num_workers, collate_fn=collate, drop_last=True)
+        order = epoch_order(len(dataset), seed, epoch)
+        plan = [_take(order, seed, epoch, s, batch_size, rank, world_size)
+                for s in range(step, steps)]
+        # Its own generator: a DataLoader otherwise draws a seed from torch's global one.
+        loader = DataLoader(_SeededItems(dataset), batch_sampler=plan, num_workers=num_workers,
+                            collate_fn=collate, generator=torch.Generator().manual_seed(seed))
         yield from loader
-        epoch += 1
+        epoch, step = epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[int] = None,
           device: Optional[torch.device] = None, progress: bool = True, log_period: int = 10,
-          on_log: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+          on_log: Optional[Callable[[Dict], None]] = None, out_dir=None, resume: bool = False,
+          checkpoint_period: Optional[int] = None, evaluate_fn: Optional[Callable] = None,
+          eval_period: Optional[int] = None) -> List[Dict]:
     """Train ``model`` on ``dataset`` (items already transformed) with ``cfg.solver``.
 
-    Returns the log: one dict per ``log_period`` iterations with ``iter``, ``lr``, ``time`` and
-    the mean of each loss over the period. ``on_log`` is called with each entry (a live plot).
+    Returns the log: one dict per ``log_period`` iterations with ``iter`` (iterations done),
+    ``lr``, ``time`` (s), the mean of each ``loss_*`` over the period (and over processes) and
+    ``loss`` their sum; ``evaluate_fn(model) -> dict``, called every ``eval_period`` iterations
+    and at the end (process 0 only, in eval mode, without touching the training's random
+    states), adds ``{"iter", "eval": True, **its dict}``. ``on_log`` is called with each entry
+    (on process 0).
+
+    ``out_dir``: write the run files (module docstring), ``last.pt`` every ``checkpoint_period``
+    iterations (default ``cfg.solver.checkpoint_period``) and at the end. ``resume``: continue
+    from ``out_dir/last.pt`` when it exists; the returned log then covers the whole run.
+    A non-finite loss raises FloatingPointError before the update; no checkpoint is written
+    after it, so ``last.pt`` stays the last good state.
     """
     solver = cfg.solver
     max_iter = solver.max_iter if max_iter is None else max_iter
-    device = device or next(model.parameters()).device
+    period = checkpoint_period or solver.checkpoint_period
+    rank, world = get_rank(), get_world_size()
+    main = rank == 0
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    run = Path(out_dir) if out_dir is not None else None
+    path = run / CHECKPOINT_FILE if run is not None else None
+    amp = solver.amp and device.type == "cuda"
+    if world > 1 and device.type == "cuda":  # batch statistics over all processes' images
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device).train()
     optimizer = build_optimizer(model, solver)
-    stream = batches(dataset, solver.batch_size, seed=cfg.seed)
-    log, running, start = [], {}, time.perf_counter()
-    bar = tqdm(range(max_iter), desc="train", disable=not progress, dynamic_ncols=True)
-    for iteration in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = solver.base_lr * lr_factor(iteration, solver)
-        images, targets = next(stream)
-        images = [im.to(device) for im in images]
-        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
-                   for t in targets]
-        with torch.autocast(device.type, enabled=solver.amp and device.type == "cuda"):
-            losses = model(images, targets)
-        total = sum(losses.values())
-        if not math.isfinite(float(total.detach())):
-            bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
-            raise FloatingPointError(f"non-finite loss at iteration {iteration}: {', '.join(bad)}")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if solver.clip_grad_norm:
-            nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
-        optimizer.step()
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
-        if (iteration + 1) % log_period == 0 or iteration + 1 == max_iter:
-            count = (iteration % log_period) + 1
-            entry = {"iter": iteration + 1, "lr": optimizer.param_groups[0]["lr"],
-                     "time": time.perf_counter() - start,
-                     **{k: v / count for k, v in running.items()}}
-            entry["loss"] = sum(v for k, v in entry.items() if k.startswith("loss_"))
-            log.append(entry)
-            running = {}
-            bar.set_postfix(loss=f"{entry['loss']:.3f}")
-            if on_log is not None:
-                on_log(entry)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+
+    log, start, state = [], 0, {"running": {}, "count": 0, "elapsed": 0.0}
+    if run is not None:
+        start, log, state = _open_run(run, cfg, resume, model, optimizer, scaler, main)
+        if start >= max_iter:
+            _note(main, f"{path} is at iteration {start} ≥ max_iter {max_iter}: nothing to train "
+                        f"(the model now holds its weights)")
+            return log
+    saved_at = start if start > 0 else None
+    stream = batches(dataset, solver.batch_size, seed=cfg.seed, start_iter=start, rank=rank,
+                     world_size=world)
+    trainee, previous_reduce = model, getattr(model, "reduce_mean", None)
+    if world > 1:
+        model.reduce_mean = reduce_mean
+        trainee = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    running, count = state["running"], state["count"]
+    clock = time.perf_counter() - state["elapsed"]
+    bar = tqdm(total=max_iter, initial=start, desc="train", disable=not (progress and main),
+               dynamic_ncols=True)
+    try:
+        for iteration in range(start, max_iter):
+            for group in optimizer.param_groups:
+                group["lr"] = solver.base_lr * lr_factor(iteration, solver)
+            images, targets = next(stream)
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
+                       for t in targets]
+            with torch.autocast(device.type, enabled=amp):
+                losses = trainee(images, targets)
+            # The whole batch's loss terms, the same on every process: logs, and the NaN check
+            # that all processes pass or fail together (one stopping alone would hang the rest).
+            values = reduce_mean(torch.stack([v.detach().float() for v in losses.values()]))
+            if not torch.isfinite(values).all():
+                raise FloatingPointError(_nan_message(iteration, losses, values, path, saved_at))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(sum(losses.values())).backward()
+            if solver.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            for key, value in zip(losses, values.tolist()):
+                running[key] = running.get(key, 0.0) + value
+            count, done = count + 1, iteration + 1
+            bar.update(1)
+            bar.set_postfix_str(_postfix(running, count), refresh=False)
+
+            entries = []
+            if done % log_period == 0 or done == max_iter:
+                entry = {"iter": done, "lr": optimizer.param_groups[0]["lr"],
+                         "time": time.perf_counter() - clock,
+                         **{k: v / count for k, v in running.items()}}
+                entry["loss"] = sum(v for k, v in entry.items() if k.startswith("loss_"))
+                entries.append(entry)
+                running, count = {}, 0
+            if evaluate_fn is not None and (done == max_iter
+                                            or (eval_period and done % eval_period == 0)):
+                entries.append(_evaluate(evaluate_fn, model, done, main, world))
+            for entry in entries:
+                log.append(entry)
+                if main and run is not None:
+                    with open(run / METRICS_FILE, "a") as file:
+                        file.write(json.dumps(_plain(entry)) + "\n")
+                if on_log is not None and main:
+                    on_log(entry)
+            if run is not None and (done % period == 0 or done == max_iter):
+                if main:
+                    extra = {"running": dict(running), "count": count,
+                             "elapsed": time.perf_counter() - clock,
+                             "scaler": scaler.state_dict() if amp else {}}
+                    ckpt.save_checkpoint(path, model=model, optimizer=optimizer, iteration=done,
+                                         cfg=cfg, extra=extra)
+                saved_at = done
+    finally:
+        bar.close()
+        if world > 1:
+            model.reduce_mean = previous_reduce
+    if main and run is not None:
+        _plot(log, run / CURVE_FILE)
     return log
+
+
+def _open_run(run: Path, cfg: Config, resume: bool, model, optimizer, scaler, main: bool):
+    """Start or resume the run in ``run``: (start iteration, log so far, loop state)."""
+    path = run / CHECKPOINT_FILE
+    state = {"running": {}, "count": 0, "elapsed": 0.0}
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / CONFIG_FILE)
+        for stale in run.glob(f".{CHECKPOINT_FILE}.*.tmp"):  # a write cut short by a kill
+            stale.unlink(missing_ok=True)
+    if not resume or not path.exists():
+        if resume:
+            _note(main, f"no {path} yet: starting from scratch")
+        elif path.exists():
+            _note(main, f"starting a new run in {run}: its {CHECKPOINT_FILE} will be replaced "
+                        f"(resume=True continues it)")
+        if main:
+            (run / METRICS_FILE).write_text("")
+        return 0, [], state
+    data = ckpt.load_checkpoint(path)
+    ckpt.load_state_dict(model, data["model"], path)
+    optimizer.load_state_dict(data["optimizer"])
+    extra = data.get("extra") or {}
+    if extra.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(extra["scaler"])
+    start = int(data["iteration"])
+    state = {"running": dict(extra.get("running", {})), "count": int(extra.get("count", 0)),
+             "elapsed": float(extra.get("elapsed", 0.0))}
+    log, metrics = [], run / METRICS_FILE
+    if main and metrics.exists():  # drop the lines written after the checkpoint
+        log = [entry for entry in map(_parse, metrics.read_text().splitlines())
+               if entry is not None and entry["iter"] <= start]
+        rewritten = metrics.with_suffix(".jsonl.tmp")  # replaced in one step, like last.pt
+        rewritten.write_text("".join(json.dumps(entry) + "\n" for entry in log))
+        os.replace(rewritten, metrics)
+    ckpt.restore_rng(data["rng"])
+    _note(main, f"resuming from {path} at iteration {start}")
+    return start, log, state
+
+
+def _parse(line: str) -> Optional[Dict]:
+    """A metrics.jsonl line, or None for a blank or torn one (a run killed while writing it)."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _evaluate(evaluate_fn, model: nn.Module, done: int, main: bool, world: int) -> Dict:
+    """Run ``evaluate_fn`` on process 0 (the others wait) in eval mode; the random states are
+    put back afterwards so that evaluating never changes what the training draws next."""
+    result = {}
+    if main:
+        rng = ckpt.capture_rng()
+        model.eval()
+        try:
+            with torch.no_grad():
+                result = dict(evaluate_fn(model) or {})
+        finally:
+            model.train()
+            ckpt.restore_rng(rng)
+    if world > 1:
+        dist.barrier()
+    return {"iter": done, "eval": True, **result}
+
+
+def _nan_message(iteration: int, losses: Dict, values: torch.Tensor, path, saved_at) -> str:
+    bad = [f"{key}={value:g}" for key, value in zip(losses, values.tolist())
+           if not math.isfinite(value)]
+    if path is None:
+        kept = "no checkpoint is written without out_dir"
+    elif saved_at is None:
+        kept = f"no checkpoint was written yet, so {path} does not hold this run"
+    else:
+        kept = f"the last good checkpoint {path} (iteration {saved_at}) is kept"
+    return (f"non-finite loss at iteration {iteration}: {', '.join(bad)}; training stopped "
+            f"before the update, {kept}")
+
+
+def _postfix(running: Dict[str, float], count: int) -> str:
+    """``loss 1.234 | cls 0.5 loc 0.3 ...``: the running means of the current log period."""
+    terms = {k.replace("loss_", "").replace("fcos_", ""): v / count for k, v in running.items()}
+    return f"loss {sum(terms.values()):.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in terms.items())
+
+
+def _plain(value):
+    """JSON-ready data: tensors and NumPy numbers become floats, NaN/inf become null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # tensors, NumPy arrays and scalars
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _plot(log: List[Dict], path: Path) -> None:
+    """The loss curve of the training entries as a PNG (a pyplot-free figure: the caller's
+    backend, e.g. a notebook's, is left alone)."""
+    from matplotlib.figure import Figure
+
+    from blendmask_edu.visualize import plot_losses
+
+    entries = [entry for entry in log if not entry.get("eval")]
+    if not entries:
+        return
+    figure = Figure(figsize=(6, 3.2))
+    plot_losses(entries, ax=figure.subplots())
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def _note(main: bool, message: str) -> None:
+    if main:
+        tqdm.write(message)

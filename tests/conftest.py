@@ -170,3 +170,15 @@ def build_tiny_coco(root: Path) -> TinyCoco:
 @pytest.fixture
 def tiny_coco(tmp_path) -> TinyCoco:
     return build_tiny_coco(tmp_path / "coco")
+
+
+def shapes_split(tmp_path_factory, split: str = "val", num_train: int = 0, num_val: int = 2,
+                 size: int = 64, seed: int = 0):
+    """A freshly generated shapes dataset's ``split`` as a CocoInstances (for module fixtures)."""
+    from blendmask_edu.data.coco import CocoInstances
+    from blendmask_edu.data.files import dataset_paths
+    from blendmask_edu.data.synthetic import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, num_train=num_train, num_val=num_val, size=size, seed=seed, progress=False)
+    return CocoInstances.from_paths(dataset_paths(root, split))

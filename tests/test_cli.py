@@ -71,3 +71,185 @@ def test_not_json_is_one_line_error_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert str(bad) in result.stdout + result.stderr
     assert "JSON" in result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------- model commands
+
+# Two steps of batch 4 on the 64 px images at their own size (the preset would resize to 128).
+QUICK = ["--max-iter", "2", "--quiet", "--solver.batch_size", "4",
+         "--input.train_short_sizes", "[64]", "--input.test_short_size", "64"]
+# The scores of a 2-step model are all below the preset's 0.05: keep every candidate, so that
+# the files the commands write hold detections.
+TINY_RUN = QUICK + ["--fcos.score_thresh", "0.0"]
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "shapes"
+    assert main(["data", "shapes", "--out", str(root), "--train", "8", "--val", "2",
+                 "--size", "64", "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_shapes, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    code = main(["train", "--preset", "tiny", "--data", str(small_shapes), "--out", str(run),
+                 *TINY_RUN, "--blendmask.num_bases", "3"])
+    assert code == 0
+    return run
+
+
+def _one_error_line(capsys):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return lines[0]
+
+
+def test_train_applies_overrides_and_writes_the_run(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["name"] == "tiny" and config["blendmask"]["num_bases"] == 3
+    assert config["solver"]["batch_size"] == 4
+    for name in ("last.pt", "metrics.jsonl", "coco_instances_results.json", "pr_curve.png"):
+        assert (trained_run / name).stat().st_size > 0, name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics["bbox"]) == set(metrics["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert metrics["images"] == 2 and metrics["detections"] > 0
+
+
+def test_evaluate_reproduces_the_training_run_metrics(trained_run, small_shapes, tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(trained_run / "last.pt"), "--data",
+                 str(small_shapes), "--out", str(tmp_path), "--preset", "tiny", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "AP   AP50   AP75" in out and "mask" in out
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert evaluated == trained  # the checkpoint holds the model that was evaluated after training
+    assert (tmp_path / "pr_curve.png").stat().st_size > 0
+    results = json.loads((tmp_path / "coco_instances_results.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(results[0])
+
+
+def test_predict_draws_each_image_and_names_results_by_stem(trained_run, small_shapes, tmp_path):
+    import shutil
+
+    source = sorted((small_shapes / "val").glob("*.png"))[0]
+    numbered, named = tmp_path / "000000000042.png", tmp_path / "photo.png"
+    shutil.copy(source, numbered)
+    shutil.copy(source, named)
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(trained_run / "last.pt"), str(numbered),
+                 str(named), "--out", str(out), "--score-thresh", "0.0"])
+    assert code == 0
+    assert (out / "000000000042.png").stat().st_size > 0 and (out / "photo.png").stat().st_size > 0
+    results = json.loads((out / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {42, 1}  # the stem when numeric, else the index
+
+
+def test_checkpoint_errors_are_one_line(trained_run, small_shapes, tmp_path, capsys):
+    checkpoint = trained_run / "last.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    cases = [(truncated, [], "truncated"), (not_a_checkpoint, [], str(not_a_checkpoint)),
+             (tmp_path / "missing.pt", [], "not found"),
+             (checkpoint, ["--preset", "coco_r50_3x"], "preset 'tiny', not 'coco_r50_3x'"),
+             (checkpoint, ["--preset", "nope"], "presets: coco_r50_3x")]
+    for path, extra, expected in cases:
+        code = main(["evaluate", "--checkpoint", str(path), "--data", str(small_shapes),
+                     "--out", str(tmp_path / "eval"), "--quiet", *extra])
+        line = _one_error_line(capsys)
+        assert code == 2 and expected in line, line
+        if "preset" not in expected:
+            assert str(path) in line
+
+
+def test_argument_and_data_errors_are_one_line(trained_run, small_shapes, tmp_path, capsys):
+    missing = tmp_path / "no_data"
+    train = ["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet"]
+    unreadable = tmp_path / "broken.png"
+    unreadable.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    cases = [
+        (train + ["--data", str(missing)], [str(missing), "blendmask-edu data shapes --out"]),
+        (["train", "--preset", "small", "--data", str(small_shapes), "--out", str(tmp_path)],
+         ["unknown preset 'small'", "presets: coco_r50_3x", "tiny"]),
+        (train + ["--data", str(small_shapes), "--solver.base_lrr", "0.1"],
+         ["--solver.base_lrr", "solver.base_lr"]),
+        (train + ["--data", str(small_shapes), "--solver.base_lr", "fast"],
+         ["--solver.base_lr fast", "expected float"]),
+        (["predict", "--checkpoint", str(trained_run / "last.pt"), str(unreadable),
+          "--out", str(tmp_path / "pred")], [str(unreadable), "cannot read the image"]),
+    ]
+    for argv, expected in cases:
+        code = main(argv)
+        line = _one_error_line(capsys)
+        assert code == 2 and all(e in line for e in expected), line
+
+
+def test_bad_checkpoint_from_the_shell_has_no_traceback(small_shapes, tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 half a zip file")
+    result = subprocess.run([sys.executable, "-m", "blendmask_edu", "evaluate", "--checkpoint",
+                             str(bad), "--data", str(small_shapes), "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and str(bad) in result.stderr
+
+
+def test_overrides_parse_and_type_check():
+    from blendmask_edu.cli import UsageError, apply_overrides, parse_overrides
+    from blendmask_edu.config import get_config
+
+    pairs = parse_overrides(["--solver.base_lr", "0.01", "--blendmask.num-bases=8",
+                             "--fcos.sizes_of_interest", "[16, 40]", "--solver.clip_grad_norm", "null"])
+    assert pairs[1] == ("blendmask.num_bases", "8")
+    cfg = apply_overrides(get_config("tiny"), pairs)
+    assert (cfg.solver.base_lr, cfg.blendmask.num_bases) == (0.01, 8)
+    assert cfg.fcos.sizes_of_interest == (16.0, 40.0) and cfg.solver.clip_grad_norm is None
+    for bad in (["--solver", "3"], ["--blendmask.num_bases", "2.5"], ["--solver.amp", "yes"],
+                ["--fcos.sizes_of_interest", "16"], ["--nope.key", "1"], ["stray"], ["--seed"]):
+        with pytest.raises(UsageError):
+            apply_overrides(get_config("tiny"), parse_overrides(bad))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A finished tiny demo: (its argv, what it printed, its output folder)."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("demo")
+    argv = ["demo", "--data", str(root / "shapes"), "--out", str(root / "demo"), "--train", "8",
+            "--val", "2", "--size", "64", *QUICK]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return argv, printed.getvalue(), root / "demo"
+
+
+def test_demo_writes_the_report_and_metrics(demo_run):
+    _, printed, out = demo_run
+    assert "demo finished in" in printed and f"report: {out / 'report.md'}" in printed
+    for name in ("report.md", "metrics.json", "loss_curve.png", "predictions.png", "bases.png",
+                 "pr_curve.png", "coco_instances_results.json", "last.pt"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 2 and "AP" in metrics["segm"]
+    report = (out / "report.md").read_text()
+    assert "| box |" in report and "| mask |" in report and "preset `tiny`" in report
+    assert "trained for 2 iterations" in report
+    for picture in ("loss_curve.png", "predictions.png", "bases.png"):
+        assert f"({picture})" in report
+
+
+def test_demo_rerun_resumes_the_finished_run(demo_run, capsys):
+    argv, _, out = demo_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert main(argv) == 0
+    rerun = capsys.readouterr()
+    assert "nothing to train" in rerun.out + rerun.err
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert "trained for 2 iterations" in (out / "report.md").read_text()

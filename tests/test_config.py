@@ -34,6 +34,11 @@ def test_override_parses_types_and_rejects_unknown_keys():
     assert cfg.solver.base_lr != 0.05  # the original is untouched
     with pytest.raises(ValueError, match="unknown config key"):
         override(cfg, "solver.learning_rate", "0.1")
+    with pytest.raises(ValueError, match="expected float"):
+        override(cfg, "solver.base_lr", "fast")
+    with pytest.raises(ValueError, match="expected int"):
+        override(cfg, "blendmask.num_bases", "2.5")
+    assert override(cfg, "blendmask.pooler", "roi_pool").blendmask.pooler == "roi_pool"
     with pytest.raises(ValueError, match="unknown Config key"):
         from_dict({**to_dict(cfg), "typo": 1})
 
@@ -48,3 +53,19 @@ def test_get_config_unknown_and_fresh_copies():
 def test_describe_lists_every_leaf():
     text = describe(get_config("tiny"))
     assert "solver.base_lr" in text and "backbone.depth" in text and "fcos.nms_thresh" in text
+
+
+def test_short_preset_is_the_paper_model_with_a_scaled_schedule(tmp_path):
+    short, paper = get_config("coco_r50_short"), get_config("coco_r50_3x")
+    for section in ("backbone", "fcos", "blendmask", "input"):  # the paper's model and inputs
+        assert getattr(short, section) == getattr(paper, section), section
+    assert short.backbone.pretrained and short.blendmask.num_bases == 4
+    solver = short.solver
+    # the linear scaling rule: LR ∝ total batch size
+    assert solver.base_lr == pytest.approx(paper.solver.base_lr * solver.batch_size / 16)
+    assert (solver.batch_size, solver.amp, solver.checkpoint_period) == (8, True, 1000)
+    assert [s / solver.max_iter for s in solver.steps] == [0.75, 0.9]
+    assert solver.warmup_iters == 1000
+    assert from_dict(to_dict(short)) == short
+    save_config(short, tmp_path / "short.json")
+    assert load_config(tmp_path / "short.json") == short

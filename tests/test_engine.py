@@ -1,14 +1,42 @@
-"""The training recipe: parameter groups, the learning-rate schedule, the data stream, a loss that falls."""
+"""The training recipe: parameter groups, the learning-rate schedule, the data stream, a loss that
+falls; the run files, exact resumption, a non-finite loss, a killed run."""
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
 from torch import nn
 
-from blendmask_edu.config import SolverConfig, get_config
-from blendmask_edu.engine import batches, build_optimizer, lr_factor, train
+from blendmask_edu import build_model
+from blendmask_edu.checkpoint import load_checkpoint
+from blendmask_edu.config import SolverConfig, get_config, load_config, save_config
+from blendmask_edu.data.coco import CocoInstances
+from blendmask_edu.data.files import dataset_paths
+from blendmask_edu.data.synthetic import generate_shapes
+from blendmask_edu.data.transforms import build_train_transforms
+from blendmask_edu.engine import batch_indices, batches, build_optimizer, lr_factor, train
 from blendmask_edu.model import build_fcos
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test here runs torch on one thread, for two reasons. Bitwise repeatability: with
+    several threads, the backward of ``crops[gt_index]`` in the mask loss (index_put_ with
+    accumulate) adds rows in a varying order, so even two uninterrupted runs differ (~1e-11 in
+    a gradient, ~1e-5 in the weights after 6 steps, measured with 2 threads);
+    ``torch.use_deterministic_algorithms(True)`` is the other cure. Speed: on a shared CPU,
+    one thread ran these tiny steps faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_no_weight_decay_on_norm_parameters():
@@ -68,3 +96,228 @@ def test_training_lowers_the_loss():
     log = train(build_fcos(cfg), _Boxes(), cfg, progress=False, log_period=10)
     assert [e["iter"] for e in log] == [10, 20, 30, 40]
     assert log[-1]["loss"] < 0.6 * log[0]["loss"], [round(e["loss"], 3) for e in log]
+
+
+# ----------------------------------------------------------------------------- the data stream
+
+
+def test_batch_indices_cover_each_epoch_and_split_over_processes():
+    # 10 items, batches of 4: 2 batches an epoch, 2 items dropped
+    epoch0 = [batch_indices(10, 4, seed=5, iteration=i) for i in range(2)]
+    epoch1 = [batch_indices(10, 4, seed=5, iteration=i) for i in range(2, 4)]
+    for epoch in (epoch0, epoch1):
+        indices = [index for batch in epoch for index, _ in batch]
+        assert len(indices) == len(set(indices)) == 8
+    assert epoch0 != epoch1 and batch_indices(10, 4, seed=6, iteration=0) != epoch0[0]
+    seeds = [s for batch in epoch0 + epoch1 for _, s in batch]
+    assert len(set(seeds)) == len(seeds)  # every position of the stream has its own seed
+    for iteration in range(4):  # two processes take the two halves of the same batch
+        whole = batch_indices(10, 4, seed=5, iteration=iteration)
+        halves = [batch_indices(10, 4, seed=5, iteration=iteration, rank=r, world_size=2)
+                  for r in range(2)]
+        assert halves[0] + halves[1] == whole
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        batch_indices(10, 4, seed=5, iteration=0, world_size=3)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        batch_indices(3, 4, seed=5, iteration=0)
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Item i: a value drawn from torch's global generator (a random transform) plus i."""
+
+    def __len__(self):
+        return 7
+
+    def __getitem__(self, i):
+        return torch.rand(2) + i, {"image_id": i}
+
+
+def test_stream_restarts_anywhere_with_the_same_augmentation():
+    def take(count, **kwargs):
+        stream = batches(_Noisy(), 2, seed=3, **kwargs)
+        return [next(stream) for _ in range(count)]
+
+    torch.manual_seed(0)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(0)
+    whole = take(8)  # 3 batches an epoch: crosses two epoch boundaries
+    assert torch.equal(torch.rand(1), expected_draw)  # the stream leaves the global generator alone
+    for start in (1, 3, 5):
+        restarted = take(8 - start, start_iter=start)
+        for (images, targets), (again, again_targets) in zip(whole[start:], restarted):
+            assert [t["image_id"] for t in targets] == [t["image_id"] for t in again_targets]
+            assert all(torch.equal(a, b) for a, b in zip(images, again))
+    for i, (images, _) in enumerate(take(4, rank=1, world_size=2)):  # process 1's half
+        assert torch.equal(images[0], whole[i][0][1])
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Six 64 px shapes images (three batches of 2 an epoch)."""
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, num_train=6, num_val=2, size=64, seed=0, progress=False)
+    return root
+
+
+def _shapes_dataset(root):
+    """The shapes with the random training transforms: a shorter side of 48 or 64, flips."""
+    return CocoInstances.from_paths(dataset_paths(root, "train"),
+                                    transforms=build_train_transforms((48, 64), 64, 0.5))
+
+
+def _short_config(**solver):
+    """The tiny preset with batches of 2, a 1-iteration warm-up and an LR step at 3."""
+    cfg = get_config("tiny")
+    return dataclasses.replace(cfg, solver=dataclasses.replace(
+        cfg.solver, batch_size=2, warmup_iters=1, steps=(3,), max_iter=4, checkpoint_period=2,
+        **solver))
+
+
+def _fresh_model(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _losses(log):
+    return [{k: v for k, v in e.items() if k != "time"} for e in log if not e.get("eval")]
+
+
+def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
+    """On the CPU, 4 iterations in one go and 2 + 2 resumed end with the same weights. The resume
+    is mid-epoch (3 batches an epoch) and the second half crosses an epoch and the LR step;
+    sizes and flips are random."""
+    cfg, data = _short_config(), _shapes_dataset(shapes)
+    whole = _fresh_model(cfg)
+    whole_log = train(whole, data, cfg, max_iter=4, progress=False, log_period=1)
+    first = train(_fresh_model(cfg), data, cfg, max_iter=2, progress=False, log_period=1,
+                  out_dir=tmp_path)
+    assert [e["iter"] for e in first] == [1, 2]
+    resumed = _fresh_model(cfg)  # fresh weights: all of the state comes from last.pt
+    log = train(resumed, data, cfg, max_iter=4, progress=False, log_period=1, out_dir=tmp_path,
+                resume=True)
+    difference = max((a - b).abs().max().item() for a, b in
+                     zip(whole.state_dict().values(), resumed.state_dict().values())
+                     if a.is_floating_point())
+    print(f"largest weight difference, resumed vs uninterrupted: {difference:.3g}")
+    assert difference <= 1e-6
+    assert len(log) == len(whole_log) == 4
+    for entry, expected in zip(_losses(log), _losses(whole_log)):
+        assert entry == pytest.approx(expected, rel=1e-6)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iter"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_run_files_evaluation_and_resume_notes(shapes, tmp_path, capsys):
+    cfg, data = _short_config(amp=True), _shapes_dataset(shapes)  # AMP: a no-op on the CPU
+    model, calls = _fresh_model(cfg), []
+
+    def evaluate(m):
+        calls.append(m.training)
+        return {"mask_AP": 12.5, "APl": float("nan")}
+
+    log = train(model, data, cfg, max_iter=3, progress=False, log_period=2, out_dir=tmp_path,
+                evaluate_fn=evaluate, eval_period=2)
+    assert calls == [False, False] and model.training  # eval mode inside, train mode after
+    assert [(e["iter"], bool(e.get("eval"))) for e in log] == [(2, False), (2, True), (3, False),
+                                                                (3, True)]
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "metrics.jsonl", "last.pt",
+                                                    "loss_curve.png"}
+    assert load_config(tmp_path / "config.json") == cfg
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1] == {"iter": 2, "eval": True, "mask_AP": 12.5, "APl": None}  # NaN → null
+    assert set(lines[0]) >= {"iter", "lr", "time", "loss", "loss_mask", "loss_fcos_cls"}
+    terms = [v for k, v in lines[0].items() if k.startswith("loss_")]
+    assert len(terms) == 5 and lines[0]["loss"] == pytest.approx(sum(terms))
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 3
+
+    capsys.readouterr()
+    again = train(_fresh_model(cfg), data, cfg, max_iter=3, progress=False, out_dir=tmp_path,
+                  resume=True)
+    assert "nothing to train" in capsys.readouterr().out
+    assert again == lines  # the log of the finished run, read back from metrics.jsonl
+    fresh = tmp_path / "fresh"
+    log = train(_fresh_model(cfg), data, cfg, max_iter=1, progress=False, out_dir=fresh,
+                resume=True)
+    assert "starting from scratch" in capsys.readouterr().out and log[-1]["iter"] == 1
+
+
+class _NaNAt(nn.Module):
+    """A model whose ``loss_mask`` turns NaN at one call: a diverging run."""
+
+    def __init__(self, model, at):
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, images, targets):
+        losses = self.model(images, targets)
+        if self.calls == self.at:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        self.calls += 1
+        return losses
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
+    cfg, data = _short_config(), _shapes_dataset(shapes)
+    model = _NaNAt(_fresh_model(cfg), at=3)
+    path = tmp_path / "last.pt"
+    with pytest.raises(FloatingPointError) as info:
+        train(model, data, cfg, max_iter=4, progress=False, log_period=1, out_dir=tmp_path)
+    message = str(info.value)
+    assert "non-finite loss at iteration 3: loss_mask=nan" in message
+    assert f"the last good checkpoint {path} (iteration 2) is kept" in message
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["iteration"] == 2 < 3
+    weights = [v for v in checkpoint["model"].values() if v.is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in weights)
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time, torch
+    from blendmask_edu import build_model
+    from blendmask_edu.config import load_config
+    from blendmask_edu.data.coco import CocoInstances
+    from blendmask_edu.data.files import dataset_paths
+    from blendmask_edu.data.transforms import build_train_transforms
+    from blendmask_edu.engine import train
+    torch.set_num_threads(1)
+    cfg = load_config(sys.argv[1])
+    data = CocoInstances.from_paths(dataset_paths(sys.argv[2], "train"),
+                                    transforms=build_train_transforms((48, 64), 64, 0.5))
+    torch.manual_seed(0)
+    # the sleep only makes the run last long enough to be killed in the middle
+    train(build_model(cfg), data, cfg, max_iter=5, progress=False, log_period=1,
+          on_log=lambda entry: time.sleep(0.5), out_dir=sys.argv[3], checkpoint_period=2)
+""")
+
+
+def test_a_killed_run_leaves_a_loadable_checkpoint_and_resumes(shapes, tmp_path):
+    """SIGKILL a training process just after its first checkpoint: last.pt loads with
+    weights_only, and resuming finishes the run with one metrics line per iteration."""
+    cfg, run = _short_config(), tmp_path / "run"
+    save_config(cfg, tmp_path / "cfg.json")
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "cfg.json"),
+                                str(shapes), str(run)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "last.pt").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 60 s"
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    killed_at = torch.load(run / "last.pt", weights_only=True)["iteration"]
+    assert killed_at in (2, 4)
+    (run / ".last.pt.x1y2.tmp").write_bytes(b"half")  # what a kill during a write would leave
+    log = train(_fresh_model(cfg), _shapes_dataset(shapes), cfg, max_iter=5, progress=False,
+                log_period=1, out_dir=run, resume=True)
+    assert log[-1]["iter"] == 5 and load_checkpoint(run / "last.pt")["iteration"] == 5
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iter"] for line in lines] == [1, 2, 3, 4, 5]
+    assert not list(run.glob("*.tmp"))

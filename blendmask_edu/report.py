@@ -1,0 +1,146 @@
+"""The demo report: one Markdown page that shows what a training run learned.
+
+``write_report(out_dir, model, val_dataset, log, metrics, cfg)`` writes, into ``out_dir``:
+
+- ``report.md``: the preset, the training time and iterations, the box and mask AP table, and
+  the pictures below, with the full config table at the end;
+- ``loss_curve.png``: every loss of the training log (log scale);
+- ``predictions.png``: a 2 × 4 grid of validation images with the predicted masks, boxes and
+  "class score" labels of the detections scoring at least 0.3;
+- ``bases.png``: one validation image and its K bases, the bottom module's output that every
+  instance mask is blended from.
+
+``blendmask-edu demo`` calls it after training and evaluating the ``tiny`` preset.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import torch
+
+from blendmask_edu import visualize as vis
+from blendmask_edu.config import Config, describe
+from blendmask_edu.evaluate import AP_NAMES, IOU_TYPES, detect, resize_for_test
+
+SCORE_THRESH = 0.3
+GRID_ROWS, GRID_COLS = 2, 4
+
+
+def metrics_table(metrics: Mapping[str, float]) -> str:
+    """The flat metrics of :func:`~blendmask_edu.evaluate.evaluate_coco` (``AP``…,
+    ``mask_AP``…) as a Markdown table, one row for boxes and one for masks; "–" where a size
+    range holds no ground-truth object."""
+    lines = ["| | " + " | ".join(AP_NAMES) + " |", "|---" * (len(AP_NAMES) + 1) + "|"]
+    for iou_type, prefix in IOU_TYPES.items():
+        if f"{prefix}AP" not in metrics:
+            continue
+        cells = []
+        for name in AP_NAMES:
+            value = metrics[prefix + name]
+            cells.append("–" if value is None or not math.isfinite(value) else f"{value:.1f}")
+        lines.append(f"| {'box' if iou_type == 'bbox' else 'mask'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    vis.plt.close(fig)
+
+
+def save_loss_curve(log: Sequence[Mapping[str, float]], path: Path) -> bool:
+    """``loss_curve.png`` from the training log; False (nothing written) for an empty log."""
+    entries = [entry for entry in log if "loss" in entry]
+    if not entries:
+        return False
+    ax = vis.plot_losses(entries)
+    _save(ax.figure, path)
+    return True
+
+
+def save_predictions(model, dataset, cfg: Config, path: Path,
+                     score_thresh: float = SCORE_THRESH) -> int:
+    """A 2 × 4 grid of the first validation images with their detections; returns how many
+    images it shows. Each title reads "found D / G objects" (D at ``score_thresh``)."""
+    count = min(GRID_ROWS * GRID_COLS, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    images = [image for image, _ in items]
+    detections = detect(model, images, cfg.input.test_short_size, cfg.input.test_max_size)
+    fig, axes = vis.image_grid(GRID_ROWS * GRID_COLS, ncols=GRID_COLS, size=2.8)
+    for ax, (image, target), det in zip(axes, items, detections):
+        found = int((det["scores"] >= score_thresh).sum())
+        vis.draw_detections(image, det, dataset.categories.names, score_thresh, ax=ax,
+                            title=f"found {found} / {len(target['boxes'])} objects")
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    _save(fig, path)
+    return count
+
+
+@torch.no_grad()
+def save_bases(model, dataset, cfg: Config, path: Path, index: int = 0) -> int:
+    """One validation image (at the test size) beside its K bases; returns K."""
+    image, _ = dataset[index]
+    resized, _ = resize_for_test(image, cfg.input.test_short_size, cfg.input.test_max_size)
+    device = next(model.parameters()).device
+    model.eval()
+    bases = model([resized.to(device)], return_internals=True)[0]["bases"].cpu()  # [K, h, w]
+    _save(vis.draw_bases(resized, bases), path)
+    return len(bases)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Mapping[str, float]],
+                 metrics: Mapping[str, float], cfg: Config,
+                 train_seconds: Optional[float] = None, notes: Sequence[str] = ()) -> Path:
+    """Write ``report.md`` and its pictures into ``out_dir`` (see the module docstring).
+
+    Takes the trained ``model``, the validation dataset (items at their original size), the
+    training ``log`` (dicts with ``iter`` and ``loss*``), the flat ``metrics`` of
+    ``evaluate_coco``, the ``cfg`` it was trained with, the training wall time (default: the
+    log's last ``time``) and extra Markdown lines (``notes``). Returns the path of report.md.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if train_seconds is None and log:
+        train_seconds = log[-1].get("time")
+    iterations = log[-1]["iter"] if log else 0
+
+    lines: Dict[str, Sequence[str]] = {}
+    lines["head"] = [
+        f"# BlendMask on {Path(str(val_dataset.instances_json)).parent.parent.name or 'the data'}"
+        f" — preset `{cfg.name}`", "",
+        f"- trained for {iterations} iterations (batch {cfg.solver.batch_size})"
+        + (f" in {_duration(train_seconds)}" if train_seconds is not None else ""),
+        f"- evaluated on {len(val_dataset)} validation images at a shorter side of "
+        f"{cfg.input.test_short_size} px",
+        *[f"- {note}" for note in notes], "",
+        "## COCO AP (percent)", "", metrics_table(metrics), "",
+        "AP is averaged over IoU 0.50:0.95; APs/APm/APl are COCO's small (< 32²), medium and "
+        "large (> 96² px) objects, \"–\" where no ground-truth object has that size. "
+        "The precision–recall curves are in `pr_curve.png`, the detections in "
+        "`coco_instances_results.json`.", ""]
+    lines["loss"] = (["## Training losses", "", "![losses](loss_curve.png)", ""]
+                     if save_loss_curve(log, out / "loss_curve.png") else [])
+    shown = save_predictions(model, val_dataset, cfg, out / "predictions.png")
+    lines["predictions"] = [
+        "## Predictions on validation images", "",
+        f"The first {shown} validation images; detections scoring at least {SCORE_THRESH} are "
+        "drawn with their mask, box and \"class score\".", "", "![predictions](predictions.png)", ""]
+    num_bases = save_bases(model, val_dataset, cfg, out / "bases.png")
+    lines["bases"] = [
+        "## The bases of one image", "",
+        f"The bottom module's {num_bases} bases (stride 4; red positive, blue negative). Every "
+        "instance mask is a per-pixel weighted sum of these, cropped to its box, with weights "
+        "from the top module's attention.", "", "![bases](bases.png)", ""]
+    lines["config"] = ["## Configuration", "", "```", describe(cfg), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(line for part in lines.values() for line in part))
+    return path

@@ -1,0 +1,86 @@
+"""Two CPU processes (torchrun, gloo) give the gradient and the training of one process on the
+whole batch: each process takes its half, the loss normalisers are means over processes, and
+DDP averages the gradients (spec §2.4).
+
+The model has batch-independent norms (GroupNorm everywhere, see ``distributed_worker.py``):
+BatchNorm statistics over each half-batch would differ from those of the whole batch by design,
+not by a bug.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from blendmask_edu.checkpoint import load_checkpoint
+from blendmask_edu.data.synthetic import generate_shapes
+from blendmask_edu.engine import get_rank, get_world_size, reduce_mean, train
+
+import distributed_worker as worker
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="this torch build has no torch.distributed with gloo")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_process_helpers_are_identities():
+    assert (get_rank(), get_world_size()) == (0, 1)
+    x = torch.tensor([1.0, 2.0])
+    assert reduce_mean(x) is x
+
+
+def test_two_processes_match_one_on_the_whole_batch(tmp_path):
+    shapes, out = tmp_path / "shapes", tmp_path / "out"
+    generate_shapes(shapes, num_train=4, num_val=2, size=64, seed=0, progress=False)
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(Path(worker.__file__)), str(shapes),
+               str(out)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # the reference: one process, the whole batch of 4, the same model and data
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg, data = worker.worker_config(), worker.dataset(shapes)
+        expected = worker.gradients(worker.worker_model(cfg), *worker.first_batch(data, cfg.seed))
+        model = worker.worker_model(cfg)
+        log = train(model, data, cfg, max_iter=2, progress=False, log_period=1)
+    finally:
+        torch.set_num_threads(before)
+
+    averaged = torch.load(out / "grads.pt", weights_only=True)
+    assert averaged.keys() == expected.keys()
+    worst = max((averaged[k] - expected[k]).abs().max().item() for k in expected)
+    print(f"largest gradient difference, 2 processes vs 1: {worst:.3g}")
+    for name in expected:
+        torch.testing.assert_close(averaged[name], expected[name], rtol=1e-4, atol=1e-5,
+                                   msg=name)
+
+    # engine.train under torchrun: the same losses (means over processes) and weights
+    run = out / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in lines] == [1, 2]
+    for entry, reference in zip(lines, log):
+        for key in reference:
+            if key.startswith("loss"):
+                assert entry[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
+    trained = load_checkpoint(run / "last.pt")["model"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-6, msg=name)
