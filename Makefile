@@ -16,7 +16,7 @@ DATA   ?= data/shapes
 RUN    ?= runs/demo
 NBVAL_TIMEOUT ?= 900
 
-.PHONY: setup demo test test-unit test-notebooks clean
+.PHONY: setup demo bench test test-unit test-notebooks clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) -m blendmask_edu demo --data $(DATA) --out $(RUN)
+
+bench: setup
+	$(PY) benchmarks/speed.py
 
 test: test-unit test-notebooks
 

@@ -13,20 +13,25 @@ so ``vector.reshape(K, M, M)`` gives the maps. No activation, no clamp (gotcha 2
 
 Two ways to read the per-level maps (N, K·M·M, h, w):
   ``flatten_attentions``  every location, in the FCOS batch order (training: the positives);
-  ``gather_attentions``   only chosen locations (inference: the detections that survive NMS,
-                          DESIGN §3 "carry indices, not features").
+  ``gather_attentions``   only chosen locations (DESIGN §3 "carry indices, not features").
+And a way not to make the maps at all: ``attentions_at`` (``TopModule.at_locations``) evaluates
+the conv only at the chosen locations — the ≤ 100 detections that survive NMS at inference, the
+positives in training. The dense conv is 784 output channels over every location of every level,
+at 512² about as much work as three more convs of the FCOS tower, for vectors that are almost all
+thrown away.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fcos import flatten_predictions
 
-__all__ = ["TopModule", "flatten_attentions", "gather_attentions"]
+__all__ = ["TopModule", "attentions_at", "flatten_attentions", "gather_attentions"]
 
 
 class TopModule(nn.Module):
@@ -49,6 +54,64 @@ class TopModule(nn.Module):
 
     def forward(self, box_tower: Sequence[Tensor]) -> List[Tensor]:
         return [self.attn(features) for features in box_tower]  # (N, K·M·M, h, w) each
+
+    def at_locations(self, box_tower: Sequence[Tensor], image_index: Tensor,
+                     locations_index: Tensor) -> Tensor:
+        """(D, K·M·M): the same rows as ``gather_attentions(self(box_tower), …)``, computed only
+        at the D chosen locations (see :func:`attentions_at`)."""
+        return attentions_at(box_tower, image_index, locations_index, self.attn.weight,
+                             self.attn.bias)
+
+
+def _level_positions(maps: Sequence[Tensor], locations_index: Tensor):
+    """Walk the levels of D chosen locations: for each map (N, C, h, w) of the level-major list,
+    yield (map, in_level (D,) bool, y (D,), x (D,)). A location of another level gets a clamped,
+    valid (y, x), so every row can be read and then kept or dropped with ``torch.where``."""
+    start = 0
+    for level_map in maps:
+        h, w = level_map.shape[-2:]
+        local = locations_index - start  # (D,) index inside this level
+        in_level = (local >= 0) & (local < h * w)  # (D,)
+        local = local.clamp(0, h * w - 1)
+        yield level_map, in_level, local // w, local % w
+        start += h * w
+
+
+def attentions_at(box_tower: Sequence[Tensor], image_index: Tensor, locations_index: Tensor,
+                  weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """A 3×3 conv (stride 1, zero padding 1) evaluated only at D chosen locations.
+
+    box_tower        list over levels of (N, C_in, h_l, w_l), the conv's input
+    image_index      (D,) int64 image of each chosen location
+    locations_index  (D,) int64 index in ONE image's level-major flattened locations, as
+                     ``fcos_postprocess`` returns it (the convention of ``gather_attentions``)
+    weight           (K·M·M, C_in, 3, 3);  bias (K·M·M,) or None
+    Returns (D, K·M·M), equal to
+    ``gather_attentions([conv2d(f, weight, bias, padding=1) for f in box_tower], …)``.
+
+    The conv's output at one location is a dot product of the weight with the C_in × 3 × 3
+    neighbourhood around that location, read from the zero-padded map as the conv reads it.
+    Per level the index becomes (y, x) — clamped, so every row reads something valid — and the
+    rows belonging to the level are kept with ``torch.where`` (no boolean indexing, no
+    host–device synchronisation). Then one matmul, (D, C_in·9) · (C_in·9, K·M·M): D·C_in·9·K·M·M
+    multiply-adds instead of N·L·C_in·9·K·M·M for the dense conv (L = 5456 locations at 512²).
+    An index ≥ L gives the bias alone.
+    """
+    first = box_tower[0]
+    image_index = image_index.to(device=first.device, dtype=torch.int64)
+    locations_index = locations_index.to(device=first.device, dtype=torch.int64)
+    count, channels = locations_index.shape[0], first.shape[1]
+    offsets = torch.arange(3, device=first.device)  # padded row y + o is the input row y - 1 + o
+    patches = first.new_zeros((count, channels * 9))  # (D, C_in·9)
+    for features, in_level, y, x in _level_positions(box_tower, locations_index):
+        padded = F.pad(features, (1, 1, 1, 1))  # (N, C_in, h + 2, w + 2), the conv's zeros
+        rows = y[:, None, None] + offsets[None, :, None]  # (D, 3, 1)
+        cols = x[:, None, None] + offsets[None, None, :]  # (D, 1, 3)
+        window = padded[image_index[:, None, None], :, rows, cols]  # (D, 3, 3, C_in)
+        # (D, C_in·9) in the order of weight.flatten(1): channel, then row, then column
+        window = window.permute(0, 3, 1, 2).reshape(count, channels * 9)
+        patches = torch.where(in_level[:, None], window.to(patches.dtype), patches)
+    return F.linear(patches, weight.flatten(1), bias)  # (D, K·M·M)
 
 
 def flatten_attentions(attn_per_level: Sequence[Tensor]) -> Tensor:
@@ -79,13 +142,7 @@ def gather_attentions(attn_per_level: Sequence[Tensor], image_index: Tensor,
     image_index = image_index.to(device=first.device, dtype=torch.int64)
     locations_index = locations_index.to(device=first.device, dtype=torch.int64)
     out = first.new_zeros((locations_index.shape[0], first.shape[1]))  # (D, K·M·M)
-    start = 0
-    for attn in attn_per_level:
-        h, w = attn.shape[-2:]
-        local = locations_index - start  # (D,) index inside this level
-        in_level = (local >= 0) & (local < h * w)  # (D,)
-        local = local.clamp(0, h * w - 1)
-        rows = attn[image_index, :, local // w, local % w]  # (D, K·M·M)
+    for attn, in_level, y, x in _level_positions(attn_per_level, locations_index):
+        rows = attn[image_index, :, y, x]  # (D, K·M·M)
         out = torch.where(in_level[:, None], rows.to(out.dtype), out)
-        start += h * w
     return out

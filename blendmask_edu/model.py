@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from blendmask_edu.attention import TopModule, gather_attentions
+from blendmask_edu.attention import TopModule
 from blendmask_edu.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet_fpn
 from blendmask_edu.basis import BasisModule, basis_semantic_loss, thing_semantic_targets
 from blendmask_edu.blender import blend_training_loss, postprocess_masks
@@ -136,9 +136,10 @@ class BlendMask(FCOS):
     Stages (the paper's Fig. 2): normalise/pad → ResNet-FPN → FCOS head; the top module turns
     the box tower into K·M·M attentions per location; the bottom module turns P3–P5 into K
     bases at stride 4. Training: FCOS losses, then every positive location blends the bases
-    cropped by its GT box with its attention (``loss_mask``), plus the auxiliary
-    thing-semantic loss (``loss_basis_sem``). Inference: FCOS detections → gather the
-    attentions of the kept detections only → blend in the (clipped) predicted boxes → sigmoid →
+    cropped by its GT box with its attention (``loss_mask``; the top module runs at the
+    positives only, ``TopModule.at_locations``), plus the auxiliary
+    thing-semantic loss (``loss_basis_sem``). Inference: FCOS detections → the top module at
+    the kept detections only → blend in the (clipped) predicted boxes → sigmoid →
     paste into the image (``masks`` [D, 1, H, W] probabilities).
     """
 
@@ -156,16 +157,17 @@ class BlendMask(FCOS):
     def forward(self, images: Sequence[torch.Tensor], targets: Optional[List[Dict]] = None,
                 return_internals: bool = False):
         batch, sizes, features, head, locations = self.features(images)
-        attentions = self.top(head["box_tower"])  # per level [N, K·M·M, h, w]
         bottom = self.basis(features)  # bases [N, K, H/4, W/4] (+ thing-semantic logits)
         if self.training:
             if targets is None:
                 raise ValueError("BlendMask in train mode needs targets; call model.eval() to predict")
-            return self.losses(batch, head, locations, attentions, bottom, targets)
+            return self.losses(batch, head, locations, bottom, targets)
         detections = self.postprocess(head, locations, sizes)
         for i, det in enumerate(detections):
             image_index = torch.full_like(det["locations_index"], i)
-            chosen = gather_attentions(attentions, image_index, det["locations_index"])  # [D, K·M·M]
+            # the top module at the kept detections only, not at every location (DESIGN §3)
+            chosen = self.top.at_locations(head["box_tower"], image_index,
+                                           det["locations_index"])  # [D, K·M·M]
             det["masks"] = postprocess_masks(bottom["bases"], chosen, det["boxes"], image_index,
                                              sizes[i], **self.blend_options)  # [D, 1, H, W]
             if return_internals:
@@ -174,14 +176,15 @@ class BlendMask(FCOS):
                                                : -(-sizes[i][1] // BASES_STRIDE)]
         return detections
 
-    def losses(self, batch, head, locations, attentions, bottom, targets) -> Dict[str, torch.Tensor]:
+    def losses(self, batch, head, locations, bottom, targets) -> Dict[str, torch.Tensor]:
         fcos_targets = self.assign(locations, targets)
         losses, extras = self.fcos_losses(head, fcos_targets)
         positives = extras["pos_index"]  # [P] in the batch order (level, image, location)
         image_index, location_index = split_batch_index(
             positives, [len(loc) for loc in locations], len(targets))
-        chosen = gather_attentions(attentions, image_index, location_index)  # [P, K·M·M]
-        all_attentions = sum(a.sum() for a in attentions)  # a (zero) gradient for every weight
+        # the top module at the positives only: the same rows as the dense conv + gather
+        chosen = self.top.at_locations(head["box_tower"], image_index, location_index)  # [P, K·M·M]
+        all_attentions = sum(p.sum() for p in self.top.parameters())  # a (zero) gradient if P = 0
         losses["loss_mask"] = self.mask_loss_weight * blend_training_loss(
             bottom["bases"], chosen, fcos_targets.gt_index[positives],
             [t["boxes"] for t in targets], [t["masks"] for t in targets],

@@ -1,10 +1,15 @@
-"""Top module: the attention conv, its K-major layout, gathering and flattening attentions."""
+"""Top module: the attention conv, its K-major layout, gathering and flattening attentions, and
+the conv evaluated at chosen locations only (what inference uses)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from blendmask_edu.attention import TopModule, flatten_attentions, gather_attentions
+from blendmask_edu import build_model, get_config
+from blendmask_edu.attention import (TopModule, attentions_at, flatten_attentions,
+                                     gather_attentions)
 from blendmask_edu.fcos import FCOSHead, flatten_predictions
 
 SHAPES = [(8, 10), (4, 5), (2, 3)]  # three levels of a padded 64 × 80 batch
@@ -105,3 +110,55 @@ def test_gather_under_autocast():
         rows = gather_attentions(attn, torch.tensor([0, 1]), torch.tensor([0, 104]))
     assert rows.shape == (2, 18) and rows.dtype == attn[0].dtype
     torch.testing.assert_close(rows[1], attn[2][1, :, 1, 1])  # 104 = 80 + 20 + 1·3 + 1
+
+
+def test_attentions_at_equal_the_dense_conv_then_gather():
+    torch.manual_seed(0)
+    top = TopModule(5, num_bases=2, attn_size=3).double()
+    with torch.no_grad():
+        top.attn.bias.normal_()  # a non-zero bias, to check it is added once
+    tower = [f.double() for f in level_maps(n=3, channels=5, seed=3)]
+    g = torch.Generator().manual_seed(4)
+    total = sum(h * w for h, w in SHAPES)
+    image_index = torch.randint(0, 3, (40,), generator=g)
+    locations_index = torch.randint(0, total, (40,), generator=g)
+    # corners and edges of every level (the zero padding), first and last location of each
+    locations_index[:12] = torch.tensor([0, 9, 70, 79, 35, 80, 84, 95, 99, 100, 102, 105])
+    dense = gather_attentions(top(tower), image_index, locations_index)
+    sparse = top.at_locations(tower, image_index, locations_index)
+    assert sparse.shape == (40, 18) and sparse.dtype == torch.float64
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-10)
+
+
+def test_attentions_at_one_level_and_no_bias():
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(7, 3, 3, 3, generator=g, dtype=torch.float64)
+    image_index, locations_index = torch.tensor([1, 0, 1]), torch.tensor([0, 23, 9])
+    expected = torch.nn.functional.conv2d(features, weight, padding=1)  # (2, 7, 4, 6)
+    rows = attentions_at([features], image_index, locations_index, weight)
+    torch.testing.assert_close(rows, torch.stack([expected[1, :, 0, 0], expected[0, :, 3, 5],
+                                                  expected[1, :, 1, 3]]), rtol=0, atol=1e-10)
+
+
+def test_attentions_at_no_detections():
+    top = TopModule(5, num_bases=2, attn_size=3)
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert top.at_locations(level_maps(), empty, empty).shape == (0, 18)
+
+
+def test_blendmask_inference_attentions_are_the_dense_ones():
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    cfg = dataclasses.replace(cfg, fcos=dataclasses.replace(cfg.fcos, score_thresh=0.0))
+    model = build_model(cfg).eval()
+    images = [torch.rand(3, 96, 128), torch.rand(3, 64, 80)]
+    with torch.no_grad():
+        out = model(images, return_internals=True)
+        head = model.features(images)[3]
+        dense = model.top(head["box_tower"])
+    for i, det in enumerate(out):
+        assert len(det["attentions"]) == cfg.fcos.max_detections
+        index = det["locations_index"]
+        torch.testing.assert_close(det["attentions"],
+                                   gather_attentions(dense, torch.full_like(index, i), index))

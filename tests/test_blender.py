@@ -355,3 +355,36 @@ def test_bad_options_raise():
         blend(bases, torch.randn(1, 64), rois, 8, SCALE, interpolation="bicubic")
     with pytest.raises(ValueError, match="K·M·M"):
         blend(bases, torch.randn(1, 63), rois, 8, SCALE)
+
+
+def _paste_every_pixel(probs, boxes, size):
+    """The plain paste: sample every pixel centre of the image for every instance."""
+    height, width = size
+    out = []
+    for p, (x0, y0, x1, y1) in zip(probs.double(), boxes.double().tolist()):
+        if x1 <= x0 or y1 <= y0:
+            out.append(torch.zeros(height, width, dtype=torch.float64))
+            continue
+        gx = (torch.arange(width, dtype=torch.float64) + 0.5 - x0) / (x1 - x0) * 2 - 1
+        gy = (torch.arange(height, dtype=torch.float64) + 0.5 - y0) / (y1 - y0) * 2 - 1
+        grid = torch.stack([gx[None].expand(height, -1), gy[:, None].expand(-1, width)], dim=2)
+        out.append(torch.nn.functional.grid_sample(p[None, None], grid[None], mode="bilinear",
+                                                   padding_mode="zeros", align_corners=False)[0, 0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("r", [4, 14, 28])
+def test_paste_window_equals_sampling_every_pixel(r, monkeypatch):
+    """The windowed paste gives the numbers of the every-pixel paste: big boxes whose fade
+    reaches several pixels out, tiny ones, boxes over the image border, empty ones."""
+    g = torch.Generator().manual_seed(r)
+    xy = torch.rand(40, 2, generator=g, dtype=torch.float64) * 120 - 20
+    wh = torch.rand(40, 2, generator=g, dtype=torch.float64) ** 2 * 150
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    boxes[3, 2] = boxes[3, 0]  # zero width
+    boxes[7] = torch.tensor([-30.0, -40.0, 200.0, 170.0], dtype=torch.float64)  # bigger than the image
+    probs = torch.rand(40, r, r, generator=g, dtype=torch.float64)
+    expected = _paste_every_pixel(probs, boxes, (96, 112))
+    torch.testing.assert_close(paste_masks(probs, boxes, (96, 112)), expected, rtol=0, atol=1e-12)
+    monkeypatch.setattr(blender, "PASTE_CHUNK", 3000)  # a few instances per chunk
+    torch.testing.assert_close(paste_masks(probs, boxes, (96, 112)), expected, rtol=0, atol=1e-12)
