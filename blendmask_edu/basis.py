@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from .fcos import make_norm
 
-__all__ = ["BasisModule", "basis_semantic_loss", "fuse_levels", "thing_semantic_targets"]
+__all__ = ["BasisModule", "basis_roles", "basis_semantic_loss", "fuse_levels",
+           "thing_semantic_targets"]
 
 
 def _conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
@@ -177,3 +178,54 @@ def basis_semantic_loss(sem_logits: Tensor, targets: Tensor, weight: float = 0.3
                          f"times one integer stride")
     sampled = targets[:, ::stride, ::stride].to(torch.int64)  # (N, h, w) top-left of each cell
     return F.cross_entropy(sem_logits.float(), sampled) * weight
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation along the last dim of ``a`` (K, P) with ``b`` (P,) → (K,); 0 if flat."""
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean()
+    denom = a.norm(dim=-1) * b.norm()
+    return torch.where(denom > 0, (a * b).sum(dim=-1) / denom.clamp_min(1e-12), torch.zeros_like(denom))
+
+
+@torch.no_grad()
+def basis_roles(bases: Tensor, masks: Tensor, stride: int = 4) -> Dict[str, Tensor]:
+    """What each basis of one image responds to, as Pearson correlations in −1..1 (notebook 02).
+
+    bases  (K, h, w) the bases of one image (its un-padded part)
+    masks  (G, H, W) its instance masks, H ≤ h · stride
+    Returns a dict of (K,) tensors:
+      ``objectness``  correlation with the union of the masks over the whole image;
+      ``boundary``    correlation with the masks' outlines (one base pixel wide);
+      ``left_right``  inside each object, correlation with x relative to its box
+                      (positive: larger on the right), averaged over objects of ≥ 4 base pixels;
+      ``top_bottom``  the same with y (positive: larger at the bottom).
+    The paper (Fig. 1, 3) reads its four bases as two position-sensitive maps, an objectness map and
+    a boundary map; these numbers make that reading measurable. Masks are brought to the bases'
+    grid by averaging each stride × stride cell (≥ 0.5 is inside).
+    """
+    num_bases, h, w = bases.shape
+    bases = bases.float()
+    padded = masks.new_zeros((masks.shape[0], h * stride, w * stride), dtype=torch.float32)
+    padded[:, : masks.shape[1], : masks.shape[2]] = masks.float()
+    inside = F.avg_pool2d(padded[:, None], stride)[:, 0] >= 0.5  # (G, h, w)
+    union = inside.any(dim=0).float()  # (h, w)
+    grown = F.max_pool2d(union[None, None], 3, stride=1, padding=1)[0, 0]
+    shrunk = -F.max_pool2d(-union[None, None], 3, stride=1, padding=1)[0, 0]
+    outline = grown - shrunk  # (h, w), 1 on the pixels next to an edge
+    flat = bases.reshape(num_bases, -1)  # (K, h·w)
+    roles = {"objectness": _pearson(flat, union.flatten()),
+             "boundary": _pearson(flat, outline.flatten())}
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=bases.device),
+                            torch.arange(w, dtype=torch.float32, device=bases.device), indexing="ij")
+    horizontal, vertical = [], []
+    for region in inside:  # a handful of objects: analysis, not a hot path
+        if int(region.sum()) < 4:
+            continue
+        values = bases[:, region]  # (K, P)
+        horizontal.append(_pearson(values, xs[region]))
+        vertical.append(_pearson(values, ys[region]))
+    zeros = torch.zeros(num_bases, device=bases.device)
+    roles["left_right"] = torch.stack(horizontal).mean(dim=0) if horizontal else zeros
+    roles["top_bottom"] = torch.stack(vertical).mean(dim=0) if vertical else zeros
+    return roles

@@ -136,7 +136,7 @@ def run_cocoeval(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
     if not results:
         return None
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(list(results))
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to each dict
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = list(image_ids)

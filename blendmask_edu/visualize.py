@@ -198,3 +198,110 @@ def plot_losses(log: Sequence[Mapping[str, float]], ax=None, title: str = "train
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     return ax
+
+
+def draw_map(values: torch.Tensor, ax=None, title: str = "", cmap: str = "RdBu_r",
+             symmetric: bool = True, colorbar: bool = False):
+    """One real-valued map ``[h, w]`` (a basis, an attention, a blended mask) as a heat map;
+    ``symmetric`` centres the colour scale on zero (bases and attentions are signed logits)."""
+    ax = _axes(ax)
+    values = values.detach().cpu().float().numpy()
+    if symmetric:
+        bound = float(np.abs(values).max()) or 1.0
+        picture = ax.imshow(values, cmap=cmap, vmin=-bound, vmax=bound, interpolation="nearest")
+    else:
+        picture = ax.imshow(values, cmap=cmap, interpolation="nearest")
+    if colorbar:
+        ax.figure.colorbar(picture, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def draw_bases(image, bases: torch.Tensor, axes: Optional[Sequence] = None,
+               size: float = 2.6):
+    """An image and its K bases ``[K, h, w]`` (stride 4) side by side; returns the figure.
+
+    Each basis gets its own symmetric colour scale: red positive, blue negative."""
+    if axes is None:
+        _, axes = image_grid(len(bases) + 1, ncols=len(bases) + 1, size=size)
+    axes[0].imshow(to_numpy_image(image), interpolation="nearest")
+    axes[0].set_title("image", fontsize=9)
+    axes[0].set_axis_off()
+    for k, (ax, basis) in enumerate(zip(axes[1:], bases)):
+        draw_map(basis, ax=ax, title=f"basis {k}")
+    return axes[0].figure
+
+
+def plot_precision_recall(recall: Sequence[float], curves: Mapping[str, Sequence[float]],
+                          ax=None, title: str = "precision–recall"):
+    """Precision against recall, one line per ``{label: precision [R]}`` at the R ``recall``
+    points (see :func:`blendmask_edu.evaluate.precision_curves`); each label shows the curve's
+    mean (its AP, in percent). NaN (a recall never reached) leaves a gap."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.6))
+    recall = np.asarray(recall, dtype=np.float64)
+    for label, precision in curves.items():
+        precision = np.asarray(precision, dtype=np.float64)
+        area = 100.0 * np.nan_to_num(precision, nan=0.0).mean()
+        ax.plot(recall, precision, label=f"{label}  AP {area:.1f}", linewidth=1.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+def draw_detections(image, detection: Mapping[str, torch.Tensor],
+                    names: Optional[Mapping[int, str]] = None, score_thresh: float = 0.3,
+                    ax=None, title: Optional[str] = None):
+    """An image with the detections scoring at least ``score_thresh``: ``detection`` holds
+    ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D] (category ids) and optionally ``masks``
+    [D, 1, H, W] probabilities at the image's size; labels read "class score"."""
+    keep = detection["scores"].detach().cpu() >= score_thresh
+    labels = detection["labels"].detach().cpu()[keep].tolist()
+    scores = detection["scores"].detach().cpu()[keep].tolist()
+    texts = [f"{(names or {}).get(int(c), c)} {s:.2f}" for c, s in zip(labels, scores)]
+    masks = detection.get("masks")
+    masks = masks.detach().cpu()[keep][:, 0] if masks is not None else None  # [D', H, W]
+    return draw_instances(image, masks, detection["boxes"].detach().cpu()[keep], texts, ax=ax,
+                          title=title)
+
+
+class LiveLossPlot:
+    """A loss plot that redraws in place while training runs (Jupyter), for ``train(on_log=…)``.
+
+    ``plot = LiveLossPlot(every=50)``, then ``train(..., on_log=plot.update)``; ``plot.close()``
+    at the end leaves the final picture in the notebook. Outside IPython it only collects.
+    """
+
+    def __init__(self, every: int = 50, title: str = "training losses (live)"):
+        self.every, self.title, self.log = every, title, []
+        self.fig, self.ax = plt.subplots(figsize=(6, 3.2))
+        self.handle = None
+        try:
+            from IPython.display import display
+            self.handle = display(self.fig, display_id=True)
+        except ImportError:  # plain Python: nothing to show
+            pass
+
+    def update(self, entry: Mapping[str, float]) -> None:
+        self.log.append(dict(entry))
+        if entry["iter"] % self.every == 0:
+            self._draw()
+
+    def _draw(self) -> None:
+        self.ax.clear()
+        plot_losses(self.log, ax=self.ax, title=f"{self.title}: iteration {self.log[-1]['iter']}")
+        if self.handle is not None:
+            self.handle.update(self.fig)
+
+    def close(self) -> None:
+        if self.log:
+            self._draw()
+        plt.close(self.fig)

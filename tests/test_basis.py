@@ -182,3 +182,30 @@ def test_runs_under_autocast():
         loss = basis_semantic_loss(out["sem_logits"], targets)
     assert out["bases"].shape == (2, 4, 16, 16) and loss.dtype == torch.float32
     loss.backward()
+
+
+def test_basis_roles_reads_hand_made_bases():
+    """Four hand-made bases: x, y, the objects' union and an outline; each role finds its basis."""
+    from blendmask_edu.basis import basis_roles
+
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 8:40] = 1
+    masks[1, 44:60, 28:60] = 1
+    union = masks.any(dim=0).float()[None, None]
+    small = torch.nn.functional.avg_pool2d(union, 4)[0, 0]  # (16, 16)
+    inside = (small >= 0.5).float()
+    grown = torch.nn.functional.max_pool2d(inside[None, None], 3, 1, 1)[0, 0]
+    shrunk = -torch.nn.functional.max_pool2d(-inside[None, None], 3, 1, 1)[0, 0]
+    xs = torch.arange(16.0).expand(16, 16)
+    bases = torch.stack([xs, xs.T, inside, grown - shrunk])
+    roles = basis_roles(bases, masks)
+    assert set(roles) == {"objectness", "boundary", "left_right", "top_bottom"}
+    assert all(v.shape == (4,) for v in roles.values())
+    torch.testing.assert_close(roles["left_right"][0], torch.tensor(1.0))
+    torch.testing.assert_close(roles["top_bottom"][1], torch.tensor(1.0))
+    torch.testing.assert_close(roles["objectness"][2], torch.tensor(1.0))
+    torch.testing.assert_close(roles["boundary"][3], torch.tensor(1.0))
+    assert roles["objectness"].argmax() == 2 and roles["boundary"].argmax() == 3
+    # no objects: every correlation is defined (zeros), not NaN
+    empty = basis_roles(bases, torch.zeros(0, 64, 64, dtype=torch.uint8))
+    assert all(torch.isfinite(v).all() for v in empty.values())
