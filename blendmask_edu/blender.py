@@ -186,8 +186,9 @@ def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
     bases (N, K, h, w) · attentions (P, K·M·M) of the FCOS positives · gt_index (P,) the
     batch-wide index of each positive's GT (``batch_targets`` order: image 0's GTs first)
     gt_boxes_per_image [(G_i, 4)] · gt_masks_per_image [(G_i, H_i, W_i)] · centerness (P,)
-    loss_denorm scalar from ``fcos_losses`` · all_attentions the full attention tensor, only
-    used so that a batch without positives still gives every parameter a (zero) gradient.
+    loss_denorm scalar from ``fcos_losses`` · all_attentions any tensor that depends on every
+    top-module parameter (the model passes the sum of them), only used so that a batch without
+    positives still gives every parameter a (zero) gradient.
     Crops and targets are made once per GT with the GT boxes (gotcha 6) and gathered per
     positive, so positives of one GT share them. Returns the scalar ``loss_mask`` (the
     instance-loss weight, 1.0, is the caller's). With no positive (P = 0) it returns
