@@ -49,6 +49,7 @@ from blendmask_edu.blender import blend, postprocess_masks
 from blendmask_edu.config import Config, override
 from blendmask_edu.fcos import compute_locations
 from blendmask_edu.model import build_fcos, normalize_and_pad
+from blendmask_edu.panoptic import semantic_inference
 
 GOALS = [  # (name, numerator, denominator, phase, upper bound on the ratio)
     ("inference ≤ 0.5 × Mask R-CNN", "blendmask_r50", "maskrcnn_tv", "inference", 0.5),
@@ -160,8 +161,10 @@ def make_targets(size: int, count: int, device, torchvision_labels: bool) -> Lis
     inside = ((2 * xs - x0 - x1) / (x1 - x0)) ** 2 + ((2 * ys - y0 - y1) / (y1 - y0)) ** 2 <= 1
     masks = inside.to(torch.uint8)  # (G, H, W)
     labels = torch.tensor([0, 1, 2]) + (1 if torchvision_labels else 0)
-    return [{"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)}
-            for _ in range(count)]
+    # Panoptic semantic labels (the tiny preset is panoptic): things 0, one stuff class 1.
+    sem_seg = (masks.sum(0) == 0).long()  # (H, W)
+    return [{"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device),
+             "sem_seg": sem_seg.to(device)} for _ in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +274,14 @@ def blendmask_stages(model, images, clock: StageClock) -> List[Dict]:
                 det["masks"] = postprocess_masks(bottom["bases"], det["attentions"], det["boxes"],
                                                  det["image_index"], sizes[i],
                                                  **model.blend_options)  # (D, 1, H, W)
+        if model.semantic is not None:  # the panoptic extension
+            with clock("semantic head + panoptic fusion"):
+                inputs = bottom["fused"] if model.share_basis_features else features
+                sem_logits = model.semantic(inputs)  # (N, 1 + S, H/4, W/4)
+                for i, det in enumerate(detections):
+                    det["sem_seg"] = semantic_inference(sem_logits[i], sizes[i], batch.shape[-2:])
+                    det["panoptic"] = model.fuse_panoptic(det["masks"], det["scores"],
+                                                          det["labels"], det["sem_seg"])
     return detections
 
 

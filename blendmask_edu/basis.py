@@ -80,7 +80,9 @@ class BasisModule(nn.Module):
     forward(features, with_semantic=None) with ``features`` the FPN levels (N, c_in, h_l, w_l),
     P3 first (extra levels, e.g. P6, P7, are ignored), returns a dict:
       bases       (N, K, H/4, W/4), twice P3's size
-      sem_logits  (N, C + 1, H/8, W/8) on P3, or None when the head is off or not asked for.
+      sem_logits  (N, C + 1, H/8, W/8) on P3, or None when the head is off or not asked for
+      fused       (N, c, H/8, W/8), the refined levels summed (the tower's input), which the
+                  panoptic semantic head may share (``panoptic.share_basis_features``).
     ``with_semantic=None`` runs the head in training mode only (the official code runs it at
     inference only to visualise it); pass True to get the logits in eval mode too.
     """
@@ -112,7 +114,8 @@ class BasisModule(nn.Module):
             raise ValueError(f"BasisModule fuses {self.in_features} FPN levels, "
                              f"got {len(features)}")
         refined = [refine(f) for refine, f in zip(self.refine, features)]  # (N, c, h_l, w_l)
-        x = self.tower(fuse_levels(refined))  # (N, c, H/8, W/8)
+        fused = fuse_levels(refined)  # (N, c, H/8, W/8)
+        x = self.tower(fused)
         h, w = x.shape[-2:]
         x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
         bases = self.bases(self.after_upsample(x))  # (N, K, H/4, W/4)
@@ -122,7 +125,7 @@ class BasisModule(nn.Module):
         sem_logits = None
         if self.semantic_head is not None and with_semantic:
             sem_logits = self.semantic_head(features[0])  # (N, C + 1, H/8, W/8), raw P3
-        return {"bases": bases, "sem_logits": sem_logits}
+        return {"bases": bases, "sem_logits": sem_logits, "fused": fused}
 
 
 def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: Sequence[Tensor],

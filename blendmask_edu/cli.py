@@ -150,9 +150,11 @@ def _device(name: Optional[str]):
     return pick_device(name)
 
 
-def _open_split(root: Union[str, Path], split: str, transforms=None, include_empty: bool = True):
-    """The ``split`` of the COCO-layout dataset at ``root`` (instances only), or DatasetError
-    saying how to make or where to put the data."""
+def _open_split(root: Union[str, Path], split: str, transforms=None, include_empty: bool = True,
+                panoptic: Optional[bool] = False):
+    """The ``split`` of the COCO-layout dataset at ``root``, or DatasetError saying how to make
+    or where to put the data. ``panoptic``: False, instances only; True, with the panoptic
+    semantic labels, which must be there (UsageError); None, with them if they are there."""
     from blendmask_edu.data.coco import CocoInstances
     from blendmask_edu.data.files import dataset_paths
 
@@ -163,7 +165,15 @@ def _open_split(root: Union[str, Path], split: str, transforms=None, include_emp
                                  f"there: images in {root / split}/ and "
                                  f"{root / 'annotations'}/instances_{split}.json")
     paths = dataset_paths(root, split)
-    return CocoInstances(paths.images_dir, paths.instances, transforms=transforms,
+    if panoptic is None:
+        panoptic = paths.panoptic is not None and paths.panoptic_dir is not None
+    if panoptic and (paths.panoptic is None or paths.panoptic_dir is None):
+        raise UsageError(f"{root}: the model is panoptic, but there is no "
+                         f"{root / 'annotations'}/panoptic_{split}.json with its PNG folder "
+                         f"panoptic_{split}/; add them, or train with --panoptic.enabled false")
+    return CocoInstances(paths.images_dir, paths.instances,
+                         paths.panoptic if panoptic else None,
+                         paths.panoptic_dir if panoptic else None, transforms=transforms,
                          include_empty=include_empty)
 
 
@@ -172,10 +182,15 @@ def _fit_categories(cfg, dataset):
     classifier needs C outputs and the results files the dataset's real ids."""
     categories = dataset.categories
     ids, names = tuple(categories.thing_ids), tuple(categories.thing_names)
-    if (cfg.num_classes, tuple(cfg.category_ids), tuple(cfg.class_names)) == (len(ids), ids, names):
-        return cfg
-    print(f"classes from the data ({len(ids)}): {', '.join(names)}")
-    return dataclasses.replace(cfg, num_classes=len(ids), category_ids=ids, class_names=names)
+    if (cfg.num_classes, tuple(cfg.category_ids), tuple(cfg.class_names)) != (len(ids), ids, names):
+        print(f"classes from the data ({len(ids)}): {', '.join(names)}")
+        cfg = dataclasses.replace(cfg, num_classes=len(ids), category_ids=ids, class_names=names)
+    stuff = tuple(categories.stuff_ids), tuple(categories.semantic_names[1:])
+    if cfg.panoptic.enabled and (tuple(cfg.panoptic.stuff_ids), tuple(cfg.panoptic.stuff_names)) != stuff:
+        print(f"stuff classes from the data ({len(stuff[0])}): {', '.join(stuff[1])}")
+        cfg = dataclasses.replace(cfg, panoptic=dataclasses.replace(
+            cfg.panoptic, stuff_ids=stuff[0], stuff_names=stuff[1]))
+    return cfg
 
 
 def _training_sets(data, cfg):
@@ -184,18 +199,25 @@ def _training_sets(data, cfg):
     transforms = build_train_transforms(cfg.input.train_short_sizes, cfg.input.train_max_size,
                                         cfg.input.flip_prob)
     # Images without any object teach nothing here (the official recipe drops them too).
-    train_set = _open_split(data, "train", transforms, include_empty=False)
+    panoptic = cfg.panoptic.enabled
+    train_set = _open_split(data, "train", transforms, include_empty=False, panoptic=panoptic)
     if len(train_set) < cfg.solver.batch_size:
         raise UsageError(f"{data}: {len(train_set)} training images with objects, fewer than one "
                          f"batch of {cfg.solver.batch_size}; add images or lower --solver.batch_size")
-    return train_set, _open_split(data, "val")
+    return train_set, _open_split(data, "val", panoptic=panoptic)
 
 
-def _print_metrics(metrics, out: Path) -> None:
-    from blendmask_edu.evaluate import METRICS_FILE, PR_CURVE_FILE, RESULTS_FILE, format_ap_table
+def _print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
+    """The AP table, and for a panoptic model the paper's Table 1 row; the files written."""
+    from blendmask_edu.evaluate import METRICS_FILE, PR_CURVE_FILE, RESULTS_FILE, format_metrics
 
-    print(format_ap_table(metrics))
-    print(f"wrote {out / METRICS_FILE}, {out / RESULTS_FILE}, {out / PR_CURVE_FILE}")
+    backbone = f"R-{cfg.backbone.depth}" + (f" (width {cfg.backbone.width})"
+                                             if cfg.backbone.width != 64 else "")
+    print(format_metrics(metrics, backbone=backbone))
+    files = [out / METRICS_FILE, out / RESULTS_FILE, out / PR_CURVE_FILE]
+    if "PQ" in metrics:
+        files += [out / f"panoptic_{split}.json", out / f"panoptic_{split}"]
+    print("wrote " + ", ".join(map(str, files)))
 
 
 def _run_training(args, cfg, data):
@@ -239,7 +261,7 @@ def _cmd_train(args) -> int:
     if log:
         print(f"trained to iteration {log[-1]['iter']} in {seconds:.0f} s; "
               f"checkpoint {Path(args.out) / 'last.pt'}")
-    _print_metrics(metrics, Path(args.out))
+    _print_metrics(metrics, Path(args.out), cfg)
     return 0
 
 
@@ -259,16 +281,17 @@ def _load(args):
 def _cmd_evaluate(args) -> int:
     from blendmask_edu.evaluate import evaluate_coco
 
-    dataset = _open_split(args.data, args.split)
     model, cfg = _load(args)
+    # A panoptic model gets PQ where the data has panoptic ground truth, AP everywhere.
+    dataset = _open_split(args.data, args.split, panoptic=None if cfg.panoptic.enabled else False)
     predicted = _category_ids(cfg)
     if not set(predicted) & set(dataset.categories.thing_ids):
         raise UsageError(f"{args.checkpoint}: the model predicts category ids {predicted}, none "
                          f"of which is in {dataset.instances_json} ({dataset.categories.thing_ids})")
     metrics = evaluate_coco(model, dataset, cfg.input.test_short_size, cfg.input.test_max_size,
-                            progress=not args.quiet, out_dir=args.out)
+                            progress=not args.quiet, out_dir=args.out, split=args.split)
     print(f"{args.checkpoint} (preset {cfg.name}) on {len(dataset)} {args.split} images of {args.data}")
-    _print_metrics(metrics, Path(args.out))
+    _print_metrics(metrics, Path(args.out), cfg, args.split)
     return 0
 
 
@@ -297,31 +320,45 @@ def _cmd_predict(args) -> int:
     import matplotlib.pyplot as plt
 
     from blendmask_edu.evaluate import RESULTS_FILE, detect, to_coco_results, write_json
-    from blendmask_edu.visualize import draw_detections
+    from blendmask_edu.visualize import category_colors, draw_detections, draw_panoptic
 
     images = [read_image_file(path) for path in args.images]  # every file checked first
     model, cfg = _load(args)
     names = dict(zip(_category_ids(cfg), cfg.class_names))
+    stuff_names = dict(zip(cfg.panoptic.stuff_ids, cfg.panoptic.stuff_names))
+    colors = category_colors(list(names) + list(stuff_names))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, used = [], set()
     for index, (path, image) in enumerate(zip(map(Path, args.images), images)):
         image = image.float().div(255)
         det = detect(model, [image], cfg.input.test_short_size, cfg.input.test_max_size)[0]
+        panoptic, _ = det.pop("panoptic", None), det.pop("sem_seg", None)
         keep = det["scores"] >= args.score_thresh
         det = {k: v[keep] for k, v in det.items()}
         image_id = int(path.stem) if path.stem.isdigit() else index
         results += to_coco_results(det, image_id)
         height, width = image.shape[-2:]
-        fig, ax = plt.subplots(figsize=(6.0, 6.0 * height / width))
-        draw_detections(image, det, names, args.score_thresh, ax=ax,
+        panels = 1 if panoptic is None else 2
+        fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 6.0 * height / width),
+                                 squeeze=False)
+        draw_detections(image, det, names, args.score_thresh, ax=axes[0, 0],
                         title=f"{path.name}: {len(det['scores'])} detections ≥ {args.score_thresh}")
+        if panoptic is not None:  # the fusion keeps instances ≥ its own threshold
+            ids, segments = panoptic
+            things = sum(s["isthing"] for s in segments)
+            draw_panoptic(ids.numpy(), segments, colors, thing_ids=list(names),
+                          names={**names, **stuff_names}, ax=axes[0, 1],
+                          title=f"panoptic: {things} things, {len(segments) - things} stuff "
+                                f"(instances ≥ {cfg.panoptic.score_thresh})")
         name = path.stem if path.stem not in used else f"{path.stem}_{index}"
         used.add(name)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=100)
         plt.close(fig)
-        print(f"{path}: {len(det['scores'])} detections → {out / (name + '.png')}")
+        print(f"{path}: {len(det['scores'])} detections"
+              + (f", {len(panoptic[1])} panoptic segments" if panoptic is not None else "")
+              + f" → {out / (name + '.png')}")
     write_json(out / RESULTS_FILE, results)
     print(f"wrote {out / RESULTS_FILE} ({len(results)} detections)")
     return 0
@@ -348,7 +385,7 @@ def _cmd_demo(args) -> int:
     report = write_report(out, model, val_set, log, metrics, cfg, train_seconds=seconds,
                           notes=notes)
     print(f"demo finished in {time.perf_counter() - start:.0f} s (training {seconds:.0f} s)")
-    _print_metrics(metrics, out)
+    _print_metrics(metrics, out, cfg)
     print(f"report: {report}")
     return 0
 
@@ -422,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--preset", help="fail unless the checkpoint is of this preset")
         device_option(command)
 
-    evaluate = commands.add_parser("evaluate", help="COCO box and mask AP of a checkpoint")
+    evaluate = commands.add_parser("evaluate", help="COCO box and mask AP (and PQ, for a panoptic model) of a checkpoint")
     checkpoint_options(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset root (COCO layout)")
     evaluate.add_argument("--split", default="val")
@@ -430,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="writes metrics.json, coco_instances_results.json, pr_curve.png")
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
+    predict = commands.add_parser("predict", help="draw a checkpoint's detections (and panoptic map) on images")
     checkpoint_options(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--out", required=True, help="one PNG per image + "

@@ -24,9 +24,10 @@ import io
 import json
 import math
 import os
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,7 +37,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 from tqdm import tqdm
 
+from blendmask_edu.data.files import load_json
 from blendmask_edu.data.transforms import shortest_edge_size
+from blendmask_edu.panoptic_eval import (TABLE1_COLUMNS, PanopticPredictions, format_table1,
+                                         table1_row)
+from blendmask_edu.panoptic_quality import panoptic_quality  # noqa: F401  (DESIGN §4 contract)
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = {"bbox": "", "segm": "mask_"}  # COCOeval's iouType → prefix of the flat metric keys
@@ -63,7 +68,9 @@ def detect(model, images: Sequence[torch.Tensor], short_size: int, max_size: int
 
     Each image is resized to the test scale first (the model never resizes); the outputs are
     mapped back: ``boxes`` [D, 4] xyxy clipped to the image, ``scores`` [D], ``labels`` [D]
-    (category ids) and ``masks`` [D, 1, H, W] probabilities.
+    (category ids) and ``masks`` [D, 1, H, W] probabilities; for a panoptic model also
+    ``sem_seg`` [1 + S, H, W] probabilities and ``panoptic`` (id map [H, W], segments_info),
+    fused again at the original size when the image was resized.
     """
     device = device or next(model.parameters()).device
     model.eval()
@@ -82,6 +89,16 @@ def detect(model, images: Sequence[torch.Tensor], short_size: int, max_size: int
                 masks = F.interpolate(masks, size=(height, width), mode="bilinear",
                                       align_corners=False)
             det["masks"] = masks if len(masks) else masks.new_zeros(0, 1, height, width)
+        if "sem_seg" in out:  # panoptic: the semantic map, and the fusion at the original size
+            sem_seg = out["sem_seg"].cpu()  # [1 + S, H', W'] probabilities
+            if tuple(sem_seg.shape[-2:]) != (height, width):
+                sem_seg = F.interpolate(sem_seg[None], size=(height, width), mode="bilinear",
+                                        align_corners=False)[0]
+                fuse = getattr(model, "module", model).fuse_panoptic
+                det["panoptic"] = fuse(det["masks"], det["scores"], det["labels"], sem_seg)
+            else:
+                det["panoptic"] = (out["panoptic"][0].cpu(), out["panoptic"][1])
+            det["sem_seg"] = sem_seg
         detections.append(det)
     return detections
 
@@ -104,14 +121,18 @@ def to_coco_results(det: Mapping[str, torch.Tensor], image_id: int) -> List[Dict
 
 
 def predict_dataset(model, dataset, short_size: int, max_size: int, batch_size: int = 8,
-                    device: Optional[torch.device] = None, progress: bool = True) -> List[Dict]:
-    """Detections on every image of ``dataset`` in COCO's results format (one dict each)."""
+                    device: Optional[torch.device] = None, progress: bool = True,
+                    on_image: Optional[Callable[[Dict, Dict], None]] = None) -> List[Dict]:
+    """Detections on every image of ``dataset`` in COCO's results format (one dict each);
+    ``on_image(target, detection)`` sees each image's :func:`detect` output as it is made."""
     results = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="predict", disable=not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         detections = detect(model, [image for image, _ in items], short_size, max_size, device)
         for (_, target), det in zip(items, detections):
             results += to_coco_results(det, target["image_id"])
+            if on_image is not None:
+                on_image(target, det)
     return results
 
 
@@ -220,9 +241,9 @@ def write_json(path: Path, data, indent: Optional[int] = None) -> None:
     os.replace(temporary, path)
 
 
-def write_metrics(out_dir: Union[str, Path], metrics: Mapping) -> Dict:
+def write_metrics(out_dir: Union[str, Path], metrics: Mapping, remove: Sequence[str] = ()) -> Dict:
     """Merge ``metrics`` into ``out_dir/metrics.json`` (top-level keys replace older ones, the
-    others stay), NaN written as ``null``; returns the merged dict."""
+    others stay, except the keys in ``remove``), NaN written as ``null``; returns the merged dict."""
     path = Path(out_dir) / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = {}
@@ -232,6 +253,8 @@ def write_metrics(out_dir: Union[str, Path], metrics: Mapping) -> Dict:
         except ValueError:
             merged = {}  # an unreadable older file is replaced, not merged
     merged.update(json_ready(metrics))
+    for key in remove:
+        merged.pop(key, None)
     write_json(path, merged, indent=2)
     return merged
 
@@ -258,14 +281,36 @@ def format_ap_table(metrics: Mapping[str, float]) -> str:
 
 def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: int = 8,
                   device: Optional[torch.device] = None, progress: bool = True,
-                  out_dir: Optional[Union[str, Path]] = None) -> Dict[str, float]:
+                  out_dir: Optional[Union[str, Path]] = None, split: str = "val") -> Dict[str, float]:
     """Box AP (and mask AP, keys ``mask_*``, when the model predicts masks), in percent, of
     ``model`` on a :class:`~blendmask_edu.data.coco.CocoInstances`.
 
     With ``out_dir``, also writes ``metrics.json``, ``coco_instances_results.json`` and
-    ``pr_curve.png`` there (see the module docstring).
+    ``pr_curve.png`` there (see the module docstring). A panoptic model on a dataset with panoptic
+    ground truth also gets the Table 1 columns (``PQ`` … ``AP_th``, :mod:`panoptic_eval`), and
+    ``out_dir`` then holds ``panoptic_{split}.json`` and ``panoptic_{split}/`` PNGs too.
     """
-    results = predict_dataset(model, dataset, short_size, max_size, batch_size, device, progress)
+    with contextlib.ExitStack() as stack:
+        panoptic, on_image = _panoptic_collector(model, dataset, out_dir, split, stack)
+        results = predict_dataset(model, dataset, short_size, max_size, batch_size, device,
+                                  progress, on_image)
+        metrics, evaluators = _coco_metrics(dataset, results)
+        details = _panoptic_metrics(panoptic, dataset, metrics, out_dir, split)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / RESULTS_FILE, results)
+        summary = {t: {k: metrics[IOU_TYPES[t] + k] for k in AP_NAMES} for t in evaluators}
+        # An evaluation without panoptic ground truth drops an earlier one's panoptic keys.
+        stale = () if details else (*TABLE1_COLUMNS, "panoptic")
+        write_metrics(out, {**summary, "images": len(dataset), "detections": len(results),
+                            **details}, remove=stale)
+        save_pr_curves(evaluators, out / PR_CURVE_FILE)
+    return metrics
+
+
+def _coco_metrics(dataset, results):
+    """COCOeval of the results for boxes (and masks): the flat metrics and the evaluators."""
     # Mask AP when the detections carry masks; with no detection at all both are 0.
     iou_types = ["bbox"] + (["segm"] if not results or "segmentation" in results[0] else [])
     evaluators = {t: run_cocoeval(dataset.coco, results, t, dataset.image_ids) for t in iou_types}
@@ -274,14 +319,56 @@ def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: in
         ap = (_ap_from_stats(evaluator) if evaluator is not None
               else _ap_without_detections(dataset.coco, dataset.image_ids))
         metrics.update({IOU_TYPES[iou_type] + k: v for k, v in ap.items()})
+    return metrics, evaluators
+
+
+def _panoptic_collector(model, dataset, out_dir, split: str, stack: contextlib.ExitStack):
+    """(PanopticPredictions, on_image callback) for a panoptic model on a dataset with panoptic
+    ground truth, else (None, None). Without ``out_dir`` the PNGs go to a temporary folder."""
+    model = getattr(model, "module", model)
+    if getattr(model, "semantic", None) is None or getattr(dataset, "panoptic_json", None) is None:
+        return None, None
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / RESULTS_FILE, results)
-        summary = {t: {k: metrics[IOU_TYPES[t] + k] for k in AP_NAMES} for t in iou_types}
-        write_metrics(out, {**summary, "images": len(dataset), "detections": len(results)})
-        save_pr_curves(evaluators, out / PR_CURVE_FILE)
-    return metrics
+        folder = Path(out_dir) / f"panoptic_{split}"
+    else:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory())) / f"panoptic_{split}"
+    panoptic = PanopticPredictions(folder, 1 + len(model.stuff_ids))
+
+    def on_image(target, det):
+        ids, segments = det["panoptic"]
+        info = dataset.coco.imgs[target["image_id"]]
+        panoptic.add(target["image_id"], info["file_name"], ids, segments,
+                     det["sem_seg"].argmax(0), target.get("sem_seg"))
+
+    return panoptic, on_image
+
+
+def _panoptic_metrics(panoptic: Optional[PanopticPredictions], dataset, metrics: Dict,
+                      out_dir, split: str) -> Dict:
+    """Adds the Table 1 columns to ``metrics``; returns what metrics.json gets beyond them."""
+    if panoptic is None:
+        return {}
+    gt = load_json(dataset.panoptic_json, ("images", "annotations", "categories"))
+    pred_json = panoptic.folder.with_name(f"panoptic_{split}.json")
+    panoptic.write_json(pred_json, gt["categories"])
+    pq = panoptic.score(gt, dataset.panoptic_dir, pred_json)
+    miou = panoptic.miou()
+    row = table1_row(pq, miou["miou"], metrics["AP"], metrics.get("mask_AP", float("nan")))
+    metrics.update(row)
+    names = dataset.categories.names
+    return {**row, "panoptic": {
+        **{k: pq[k] for k in ("All", "Things", "Stuff")},
+        "per_class": {names.get(cat, str(cat)): v for cat, v in pq["per_class"].items()},
+        "mIoU_per_class": dict(zip(dataset.categories.semantic_names, miou["per_class"]))}}
+
+
+def format_metrics(metrics: Mapping[str, float], method: str = "BlendMask (ours)",
+                   backbone: str = "") -> str:
+    """:func:`format_ap_table`, and for a panoptic evaluation the Table 1 row below it."""
+    text = format_ap_table(metrics)
+    if all(c in metrics for c in TABLE1_COLUMNS):
+        text += "\n\n" + format_table1([{"method": method, "backbone": backbone, **metrics}])
+    return text
 
 
 def save_pr_curves(evaluators: Mapping[str, Optional[COCOeval]], path: Union[str, Path]) -> None:

@@ -3,7 +3,8 @@
 Both follow torchvision's detection convention (DESIGN §4): in train mode ``model(images,
 targets)`` returns a dict of scalar losses; in eval mode ``model(images)`` returns one dict per
 image with ``boxes`` [D, 4] xyxy in the input image's pixels, ``scores`` [D] and ``labels`` [D]
-(the dataset's category ids). Images are a list of [3, H, W] floats in 0..1 of any sizes: the
+(the dataset's category ids); BlendMask adds ``masks`` [D, 1, H, W], and with the panoptic
+extension ``sem_seg`` [1 + S, H, W] and ``panoptic`` (an [H, W] id map, its ``segments_info``). Images are a list of [3, H, W] floats in 0..1 of any sizes: the
 model normalises and pads them to a multiple of 32 itself, and never resizes.
 
 ``build_fcos(cfg)`` and ``build_model(cfg)`` are the one place that reads a config to build a model.
@@ -25,6 +26,8 @@ from blendmask_edu.fcos import (FCOSHead, assign_targets, batch_targets, compute
                                 flatten_predictions, size_ranges_from_sizes, split_batch_index)
 from blendmask_edu.fcos_inference import fcos_postprocess
 from blendmask_edu.fcos_loss import fcos_losses
+from blendmask_edu.panoptic import (SemanticHead, fuse, pad_semantic_targets, semantic_inference,
+                                    semantic_loss, stuff_area_for)
 
 SIZE_DIVISIBILITY = 32  # the largest backbone stride: padded sizes divide evenly at every level
 BASES_STRIDE = 4  # the bottom module's output stride (spec §4.1: upsampled inside the tower)
@@ -141,14 +144,33 @@ class BlendMask(FCOS):
     thing-semantic loss (``loss_basis_sem``). Inference: FCOS detections → the top module at
     the kept detections only → blend in the (clipped) predicted boxes → sigmoid →
     paste into the image (``masks`` [D, 1, H, W] probabilities).
+
+    Panoptic (``semantic`` given; spec §7, notebook 06): Panoptic-FPN's semantic head labels
+    every pixel "things" or one of the S stuff classes (``loss_sem_seg``, from the targets'
+    ``sem_seg``); at inference each image also gets ``sem_seg`` [1 + S, H, W] probabilities and
+    ``panoptic`` = ``fuse_panoptic`` of its instances and that map. With
+    ``share_basis_features`` the head reads the bottom module's fused features instead of the
+    FPN levels.
     """
 
     def __init__(self, backbone, head, top: TopModule, basis: BasisModule, size_ranges,
                  center_radius: float, category_ids: Sequence[int], blend_resolution: int = 56,
                  pooler: str = "roi_align", attn_interpolation: str = "bilinear",
-                 basis_semantic_weight: float = 0.3, mask_loss_weight: float = 1.0, **inference):
+                 basis_semantic_weight: float = 0.3, mask_loss_weight: float = 1.0,
+                 semantic: Optional[SemanticHead] = None, stuff_ids: Sequence[int] = (),
+                 share_basis_features: bool = False, sem_seg_weight: float = 0.5,
+                 fusion: Optional[Dict[str, float]] = None, **inference):
         super().__init__(backbone, head, size_ranges, center_radius, category_ids, **inference)
-        self.top, self.basis = top, basis
+        self.top, self.basis, self.semantic = top, basis, semantic
+        if semantic is not None and semantic.predictor.out_channels != 1 + len(stuff_ids):
+            raise ValueError(f"the semantic head predicts {semantic.predictor.out_channels} "
+                             f"classes; 1 + {len(stuff_ids)} stuff ids expected")
+        self.stuff_ids = [int(i) for i in stuff_ids]
+        self.share_basis_features = share_basis_features
+        self.sem_seg_weight = sem_seg_weight
+        # Panoptic-FPN's fusion: instance score threshold, overlap threshold, and the smallest
+        # stuff region in pixels of an 800 × 1200 image (scaled to each image's area).
+        self.fusion = {"score_thresh": 0.2, "overlap_thresh": 0.4, "stuff_area": 4096, **(fusion or {})}
         self.blend_options = dict(resolution=blend_resolution, spatial_scale=1.0 / BASES_STRIDE,
                                   pooler=pooler, interpolation=attn_interpolation)
         self.basis_semantic_weight = basis_semantic_weight
@@ -158,10 +180,13 @@ class BlendMask(FCOS):
                 return_internals: bool = False):
         batch, sizes, features, head, locations = self.features(images)
         bottom = self.basis(features)  # bases [N, K, H/4, W/4] (+ thing-semantic logits)
+        sem_logits = None  # [N, 1 + S, H/4, W/4] with the panoptic semantic head
+        if self.semantic is not None:
+            sem_logits = self.semantic(bottom["fused"] if self.share_basis_features else features)
         if self.training:
             if targets is None:
                 raise ValueError("BlendMask in train mode needs targets; call model.eval() to predict")
-            return self.losses(batch, head, locations, bottom, targets)
+            return self.losses(batch, head, locations, bottom, targets, sem_logits)
         detections = self.postprocess(head, locations, sizes)
         for i, det in enumerate(detections):
             image_index = torch.full_like(det["locations_index"], i)
@@ -170,13 +195,29 @@ class BlendMask(FCOS):
                                            det["locations_index"])  # [D, K·M·M]
             det["masks"] = postprocess_masks(bottom["bases"], chosen, det["boxes"], image_index,
                                              sizes[i], **self.blend_options)  # [D, 1, H, W]
+            if sem_logits is not None:
+                det["sem_seg"] = semantic_inference(sem_logits[i], sizes[i],
+                                                    batch.shape[-2:])  # [1 + S, H, W]
+                det["panoptic"] = self.fuse_panoptic(det["masks"], det["scores"], det["labels"],
+                                                     det["sem_seg"])
             if return_internals:
                 det["attentions"] = chosen
                 det["bases"] = bottom["bases"][i, :, : -(-sizes[i][0] // BASES_STRIDE),
                                                : -(-sizes[i][1] // BASES_STRIDE)]
         return detections
 
-    def losses(self, batch, head, locations, bottom, targets) -> Dict[str, torch.Tensor]:
+    def fuse_panoptic(self, masks: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                      sem_seg: torch.Tensor) -> Tuple[torch.Tensor, List[dict]]:
+        """One image's instances (``masks`` [D, 1, H, W], ``scores`` [D], ``labels`` [D] category
+        ids) over its semantic map (``sem_seg`` [1 + S, H, W] or labels [H, W]) → (id map [H, W],
+        segments_info): ``panoptic.fuse`` with this model's thresholds and stuff ids, the stuff
+        area scaled to H × W."""
+        area = stuff_area_for(tuple(sem_seg.shape[-2:]), coco_area=self.fusion["stuff_area"])
+        return fuse(masks, scores, labels, sem_seg, self.fusion["score_thresh"],
+                    self.fusion["overlap_thresh"], area, stuff_ids=self.stuff_ids)
+
+    def losses(self, batch, head, locations, bottom, targets,
+               sem_logits: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         fcos_targets = self.assign(locations, targets)
         losses, extras = self.fcos_losses(head, fcos_targets)
         positives = extras["pos_index"]  # [P] in the batch order (level, image, location)
@@ -195,6 +236,12 @@ class BlendMask(FCOS):
                                               [t["labels"] for t in targets], batch.shape[-2:])
             losses["loss_basis_sem"] = basis_semantic_loss(bottom["sem_logits"], semantic,
                                                            self.basis_semantic_weight)
+        if sem_logits is not None:
+            if any("sem_seg" not in t for t in targets):
+                raise ValueError("the panoptic model needs targets with 'sem_seg': open the "
+                                 "dataset with its panoptic JSON (CocoInstances.from_paths)")
+            sem_targets = pad_semantic_targets([t["sem_seg"] for t in targets], batch.shape[-2:])
+            losses["loss_sem_seg"] = semantic_loss(sem_logits, sem_targets, self.sem_seg_weight)
         return losses
 
 
@@ -207,8 +254,21 @@ def build_model(cfg: Config) -> BlendMask:
     basis = BasisModule(cfg.backbone.fpn_channels, num_bases=m.num_bases, channels=m.basis_channels,
                         num_convs=m.basis_convs, norm=m.basis_norm,
                         semantic_classes=cfg.num_classes + 1 if m.basis_semantic else None)
+    p, semantic = cfg.panoptic, None
+    if p.enabled:  # built last, so that the other modules' initial weights do not change
+        if not p.stuff_ids:
+            raise ValueError("panoptic.enabled needs panoptic.stuff_ids, the dataset's stuff "
+                             "category ids (train and demo take them from the panoptic JSON)")
+        semantic = SemanticHead(m.basis_channels if p.share_basis_features else cfg.backbone.fpn_channels,
+                                1 + len(p.stuff_ids), channels=p.head_channels,
+                                strides=fcos.strides[:3], norm=p.head_norm,
+                                shared=p.share_basis_features)
     return BlendMask(fcos.backbone, fcos.head, top, basis, fcos.size_ranges, fcos.center_radius,
                      fcos.category_ids.tolist(), blend_resolution=m.blend_resolution,
                      pooler=m.pooler, attn_interpolation=m.attn_interpolation,
                      basis_semantic_weight=m.basis_semantic_weight,
-                     mask_loss_weight=m.mask_loss_weight, **fcos.inference)
+                     mask_loss_weight=m.mask_loss_weight, semantic=semantic,
+                     stuff_ids=p.stuff_ids if p.enabled else (),
+                     share_basis_features=p.share_basis_features, sem_seg_weight=p.loss_weight,
+                     fusion=dict(score_thresh=p.score_thresh, overlap_thresh=p.overlap_thresh,
+                                 stuff_area=p.stuff_area), **fcos.inference)

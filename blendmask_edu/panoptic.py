@@ -16,8 +16,8 @@ turns them and the instance masks into a COCO panoptic id map + ``segments_info`
 Differs from the official code: there is no P2 in this package, so every level starts at
 stride 8 or coarser (the official head also reads P2 with one conv block and no upsampling;
 a stride-4 input is still accepted). ``shared=True`` is an option the paper only suggests: the
-head reads the bottom module's fused stride-8 features (``basis.fuse_levels``) instead of its
-own per-level stacks.
+head reads the bottom module's fused stride-8 features (``BasisModule``'s ``fused``) instead
+of its own per-level stacks.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class SemanticHead(nn.Module):
     norm         "GN" (32 groups, fewer if ``channels`` has no 32 divisor) | "BN" | "none"
     shared       False: forward(features), a list of (N, in_channels, h_l, w_l), one per stride
                  (extra levels are ignored). True: forward(fused), one (N, in_channels, H/8, W/8)
-                 map, e.g. the bottom module's fused P3..P5 (``basis.fuse_levels`` of its refined
-                 levels); only ``strides[0]`` is used, so one conv block + ×2 reaches stride 4.
+                 map, e.g. the bottom module's fused P3..P5 (``BasisModule(...)["fused"]``, its
+                 refined levels); only ``strides[0]`` is used: one conv block + ×2 to stride 4.
 
     Returns logits (N, num_classes, H/4, W/4), H × W the padded image (``strides[0]`` × the
     first map's size). A level at stride s passes log2(s) − 2 blocks of 3×3 conv → norm → ReLU →
@@ -184,7 +184,7 @@ def stuff_area_for(image_size: Tuple[int, int], coco_area: int = 4096,
 def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
          score_thresh: float = 0.2, overlap_thresh: float = 0.4,
          stuff_area: Optional[int] = None, *, stuff_ids: Optional[Sequence[int]] = None,
-         mask_thresh: float = 0.5) -> Tuple[Tensor, List[dict]]:
+         mask_thresh: float = 0.5, trace: Optional[List[dict]] = None) -> Tuple[Tensor, List[dict]]:
     """Panoptic-FPN's heuristic: instances over stuff → (id map (H, W) int64, segments_info).
 
     masks       (D, H, W) or (D, 1, H, W) probabilities (binarised ≥ ``mask_thresh``) or bools
@@ -203,6 +203,11 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
     Segment ids are 1, 2, … in placement order; ``segments_info`` has one dict per segment:
     ``id``, ``category_id``, ``isthing``, ``area`` and, for things, ``score`` and
     ``instance_id`` (the index into the D inputs).
+
+    ``trace``, a list, receives one dict per decision, in order, for teaching: instances
+    (``instance_id``, ``score``, ``area``, ``overlap`` = fraction already taken, ``decision``
+    "kept" | "below score_thresh" | "empty" | "overlap"), then stuff labels (``label``,
+    ``area`` = pixels no instance took, ``decision`` "kept" | "below stuff_area").
 
     Step 2 is sequential — each instance sees what the better ones took — so it is a Python loop
     over at most the kept D instances, each step a few (H, W) boolean operations; step 3 is one
@@ -229,11 +234,19 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
     num_kept = int((scores >= score_thresh).sum())
     areas = binary.flatten(1).sum(1).tolist() if binary.shape[0] else []
     taken = torch.zeros((height, width), dtype=torch.bool, device=device)
-    for d in order[:num_kept].tolist():
-        if areas[d] == 0:
-            continue
+    for rank, d in enumerate(order.tolist()):
+        note = {"instance_id": d, "score": float(scores[d]), "area": areas[d]}
+        if rank >= num_kept:
+            if trace is not None:
+                trace.append({**note, "overlap": None, "decision": "below score_thresh"})
+            break
         overlap = int((binary[d] & taken).sum())
-        if overlap / areas[d] > overlap_thresh:
+        if trace is not None:
+            fraction = overlap / areas[d] if areas[d] else None
+            decision = ("empty" if areas[d] == 0 else "overlap" if fraction > overlap_thresh
+                        else "empty" if overlap == areas[d] else "kept")
+            trace.append({**note, "overlap": fraction, "decision": decision})
+        if areas[d] == 0 or overlap / areas[d] > overlap_thresh:
             continue
         visible = binary[d] & ~taken  # (H, W)
         area = areas[d] - overlap
@@ -250,6 +263,9 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
     counts = torch.bincount(free, minlength=num_labels).tolist()  # (num_labels,)
     lut = torch.zeros(num_labels, dtype=torch.int64, device=device)  # label → new segment id
     for label in range(1, min(num_labels, IGNORE)):
+        if trace is not None and counts[label]:
+            trace.append({"label": label, "area": counts[label], "decision":
+                          "kept" if counts[label] >= stuff_area else "below stuff_area"})
         if counts[label] == 0 or counts[label] < stuff_area:
             continue
         if stuff_ids is not None and label > len(stuff_ids):

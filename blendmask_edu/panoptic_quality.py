@@ -33,15 +33,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from itertools import zip_longest
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, Iterable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
 from .data.errors import DatasetError
 from .data.files import load_json, read_panoptic
 
-__all__ = ["PQCounts", "confusion_matrix", "panoptic_quality", "pq_from_arrays", "pq_summary",
-           "semantic_miou"]
+__all__ = ["PQCounts", "confusion_matrix", "miou_from_confusion", "panoptic_quality",
+           "pq_from_arrays", "pq_of_maps", "pq_summary", "semantic_miou"]
 
 VOID = 0  # segment id of unlabelled pixels in a panoptic PNG
 OFFSET = 256 ** 3  # ids are < 256³ (three 8-bit channels): g · OFFSET + p is a unique pair key
@@ -167,6 +167,18 @@ def pq_summary(counts: Mapping[int, PQCounts], categories: Sequence[dict]) -> di
             "Stuff": average(lambda thing: not thing), "per_class": per_class}
 
 
+def pq_of_maps(images: Iterable[Tuple], categories: Sequence[dict]) -> dict:
+    """``pq_summary`` over in-memory maps: ``images`` yields (gt_ids, gt_segments, pred_ids,
+    pred_segments) per image, as :func:`pq_from_arrays` takes them (e.g. to sweep the fusion's
+    thresholds without writing PNGs)."""
+    totals: Dict[int, PQCounts] = {}
+    for gt_ids, gt_segments, pred_ids, pred_segments in images:
+        for cat, c in pq_from_arrays(gt_ids, gt_segments, pred_ids, pred_segments,
+                                     categories).items():
+            totals[cat] = totals.get(cat, PQCounts()) + c
+    return pq_summary(totals, categories)
+
+
 def _load(source: Union[str, Path, Mapping], required: Sequence[str]) -> Mapping:
     return source if isinstance(source, Mapping) else load_json(Path(source), required)
 
@@ -244,9 +256,14 @@ def semantic_miou(pred_labels, gt_labels, num_classes: int, ignore: int = 255) -
         if pred is None or gt is None:
             raise ValueError("pred_labels and gt_labels hold different numbers of maps")
         total += confusion_matrix(pred, gt, num_classes, ignore)
-    inter = np.diag(total).astype(np.float64)
-    union = total.sum(0) + total.sum(1) - inter
-    per_class = np.full(num_classes, np.nan)
+    return miou_from_confusion(total)
+
+
+def miou_from_confusion(confusion: np.ndarray) -> dict:
+    """A (C, C) confusion matrix (rows GT, columns prediction) → ``semantic_miou``'s dict."""
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    per_class = np.full(len(confusion), np.nan)
     present = union > 0
     per_class[present] = 100.0 * inter[present] / union[present]
     n = int(present.sum())

@@ -8,7 +8,9 @@
 - ``predictions.png``: a 2 × 4 grid of validation images with the predicted masks, boxes and
   "class score" labels of the detections scoring at least 0.3;
 - ``bases.png``: one validation image and its K bases, the bottom module's output that every
-  instance mask is blended from.
+  instance mask is blended from;
+- for a panoptic model, the paper's Table 1 row and ``panoptic.png``: four validation images
+  above their panoptic maps (things and stuff segments after the fusion).
 
 ``blendmask-edu demo`` calls it after training and evaluating the ``tiny`` preset.
 """
@@ -24,6 +26,7 @@ import torch
 from blendmask_edu import visualize as vis
 from blendmask_edu.config import Config, describe
 from blendmask_edu.evaluate import AP_NAMES, IOU_TYPES, detect, resize_for_test
+from blendmask_edu.panoptic_eval import TABLE1_COLUMNS
 
 SCORE_THRESH = 0.3
 GRID_ROWS, GRID_COLS = 2, 4
@@ -78,6 +81,33 @@ def save_predictions(model, dataset, cfg: Config, path: Path,
         ax.set_axis_off()
     _save(fig, path)
     return count
+
+
+def save_panoptic(model, dataset, cfg: Config, path: Path, count: int = GRID_COLS) -> int:
+    """The first ``count`` validation images above their panoptic maps; returns how many."""
+    count = min(count, len(dataset))
+    images = [dataset[i][0] for i in range(count)]
+    detections = detect(model, images, cfg.input.test_short_size, cfg.input.test_max_size)
+    names = dataset.categories.names
+    colors = vis.category_colors(sorted(names))
+    fig, axes = vis.image_grid(2 * count, ncols=count, size=2.8)
+    for k, (image, det) in enumerate(zip(images, detections)):
+        ids, segments = det["panoptic"]
+        things = sum(s["isthing"] for s in segments)
+        vis.draw_instances(image, ax=axes[k], title=f"image {k}")
+        vis.draw_panoptic(ids.numpy(), segments, colors, thing_ids=dataset.categories.thing_ids,
+                          names=names, ax=axes[count + k],
+                          title=f"{things} things, {len(segments) - things} stuff segments")
+    _save(fig, path)
+    return count
+
+
+def table1_markdown(metrics: Mapping[str, float]) -> str:
+    """The eight Table 1 columns of a panoptic evaluation as a one-row Markdown table."""
+    cells = ["–" if metrics.get(c) is None or not math.isfinite(metrics[c]) else f"{metrics[c]:.1f}"
+             for c in TABLE1_COLUMNS]
+    return "\n".join(["| " + " | ".join(TABLE1_COLUMNS) + " |", "|---" * len(TABLE1_COLUMNS) + "|",
+                      "| " + " | ".join(cells) + " |"])
 
 
 @torch.no_grad()
@@ -140,6 +170,17 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
         f"The bottom module's {num_bases} bases (stride 4; red positive, blue negative). Every "
         "instance mask is a per-pixel weighted sum of these, cropped to its box, with weights "
         "from the top module's attention.", "", "![bases](bases.png)", ""]
+    if all(c in metrics for c in TABLE1_COLUMNS):
+        shown = save_panoptic(model, val_dataset, cfg, out / "panoptic.png")
+        lines["panoptic"] = [
+            "## Panoptic segmentation (the paper's Table 1 columns, percent)", "",
+            table1_markdown(metrics), "",
+            "PQ = SQ × RQ per class, averaged over classes (things: the shapes; stuff: sky, "
+            "ground, pole, net); mIoU is the semantic branch's (things as one class); AP_th is "
+            "the mask AP of the things. The predicted PNGs and JSON are in "
+            "`panoptic_val/` and `panoptic_val.json`.", "",
+            f"The first {shown} validation images and their panoptic maps (instances scoring "
+            f"≥ {cfg.panoptic.score_thresh}, then stuff):", "", "![panoptic](panoptic.png)", ""]
     lines["config"] = ["## Configuration", "", "```", describe(cfg), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(line for part in lines.values() for line in part))

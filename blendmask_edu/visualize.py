@@ -7,7 +7,7 @@ bases, attentions, blended masks and loss curves here. Introduced in ``notebooks
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -37,6 +37,14 @@ def instance_colors(count: int, seed: int = 3) -> np.ndarray:
     hues = (np.arange(count) * 0.618033988749895 + np.random.default_rng(seed).random()) % 1.0
     hsv = np.stack([hues, np.full(count, 0.75), np.full(count, 0.95)], axis=1)
     return matplotlib.colors.hsv_to_rgb(hsv) if count else np.zeros((0, 3))
+
+
+def category_colors(category_ids: Sequence[int], seed: int = 7) -> Dict[int, Tuple[int, int, int]]:
+    """A fixed, distinct colour (0..255 RGB) per category id, for :func:`draw_panoptic` when the
+    data gives none (a COCO panoptic JSON's categories carry their own ``color``)."""
+    colors = instance_colors(len(category_ids), seed=seed)
+    return {int(c): tuple(int(round(255 * v)) for v in color)
+            for c, color in zip(category_ids, colors)}
 
 
 def _axes(ax):
@@ -108,6 +116,28 @@ def draw_panoptic(segment_ids, segments_info, category_colors, thing_ids=(), nam
                 if len(xs):
                     ax.text(xs.mean(), ys.mean(), names[segment["category_id"]], fontsize=6,
                             ha="center", va="center", color="white")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def draw_semantic(labels, names: Sequence[str], colors: Optional[Sequence[Sequence[int]]] = None,
+                  ax=None, title: Optional[str] = None, ignore: int = 255, legend: bool = True):
+    """A semantic label map ``[H, W]`` (0..C-1, ``ignore`` drawn black) in one colour per class,
+    with a legend naming ``names[c]``; ``colors`` are C RGB triples in 0..255 (default: fixed
+    distinct colours)."""
+    ax = _axes(ax)
+    labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
+    palette = (np.asarray(colors, dtype=np.float64) / 255.0 if colors is not None
+               else instance_colors(len(names), seed=11))
+    canvas = np.zeros(labels.shape + (3,))
+    for c in range(len(names)):
+        canvas[labels == c] = palette[c]
+    ax.imshow(canvas, interpolation="nearest")
+    if legend:
+        handles = [matplotlib.patches.Patch(color=palette[c], label=names[c])
+                   for c in range(len(names)) if (labels == c).any()]
+        ax.legend(handles=handles, fontsize=6, loc="lower right", framealpha=0.7)
     if title:
         ax.set_title(title, fontsize=9)
     return ax

@@ -182,3 +182,24 @@ def shapes_split(tmp_path_factory, split: str = "val", num_train: int = 0, num_v
     root = tmp_path_factory.mktemp("shapes")
     generate_shapes(root, num_train=num_train, num_val=num_val, size=size, seed=seed, progress=False)
     return CocoInstances.from_paths(dataset_paths(root, split))
+
+
+# ----------------------------------------------------------------------------- command line runs
+
+# Two steps of batch 4 on the 64 px images at their own size (the preset would resize to 128).
+QUICK = ["--max-iter", "2", "--quiet", "--solver.batch_size", "4",
+         "--input.train_short_sizes", "[64]", "--input.test_short_size", "64"]
+# The scores of a 2-step model are all below the preset's 0.05: keep every candidate, so that
+# the files the commands write hold detections.
+TINY_RUN = QUICK + ["--fcos.score_thresh", "0.0"]
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    """8 train + 2 val shapes images of 64 px, made by the command line (one per test module)."""
+    from blendmask_edu.cli import main
+
+    root = tmp_path_factory.mktemp("small") / "shapes"
+    assert main(["data", "shapes", "--out", str(root), "--train", "8", "--val", "2",
+                 "--size", "64", "--quiet"]) == 0
+    return root

@@ -28,7 +28,7 @@ def test_contract_losses_and_predictions(two_images):
     model.train()
     losses = model(list(images), list(targets))
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask",
-                           "loss_basis_sem"}
+                           "loss_basis_sem", "loss_sem_seg"}  # the tiny preset is panoptic
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.eval()

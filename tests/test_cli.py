@@ -8,6 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from blendmask_edu.cli import main
+from conftest import QUICK, TINY_RUN
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +75,6 @@ def test_not_json_is_one_line_error_without_traceback(tmp_path):
 
 
 # ----------------------------------------------------------------------------- model commands
-
-# Two steps of batch 4 on the 64 px images at their own size (the preset would resize to 128).
-QUICK = ["--max-iter", "2", "--quiet", "--solver.batch_size", "4",
-         "--input.train_short_sizes", "[64]", "--input.test_short_size", "64"]
-# The scores of a 2-step model are all below the preset's 0.05: keep every candidate, so that
-# the files the commands write hold detections.
-TINY_RUN = QUICK + ["--fcos.score_thresh", "0.0"]
-
-
-@pytest.fixture(scope="module")
-def small_shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small") / "shapes"
-    assert main(["data", "shapes", "--out", str(root), "--train", "8", "--val", "2",
-                 "--size", "64", "--quiet"]) == 0
-    return root
-
 
 @pytest.fixture(scope="module")
 def trained_run(small_shapes, tmp_path_factory):

@@ -230,7 +230,7 @@ def test_run_files_evaluation_and_resume_notes(shapes, tmp_path, capsys):
     assert lines[1] == {"iter": 2, "eval": True, "mask_AP": 12.5, "APl": None}  # NaN → null
     assert set(lines[0]) >= {"iter", "lr", "time", "loss", "loss_mask", "loss_fcos_cls"}
     terms = [v for k, v in lines[0].items() if k.startswith("loss_")]
-    assert len(terms) == 5 and lines[0]["loss"] == pytest.approx(sum(terms))
+    assert len(terms) == 6 and lines[0]["loss"] == pytest.approx(sum(terms))  # 5 + loss_sem_seg
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 3
 
     capsys.readouterr()

@@ -184,8 +184,9 @@ class CocoInstances(Dataset):
         rgb = read_image(self.images_dir / info["file_name"], info)
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
-    def load_sem_seg(self, i: int) -> torch.Tensor:
-        """Panoptic semantic labels of image ``i``: [H, W] int64, things 0, stuff 1..S, 255 void."""
+    def load_panoptic(self, i: int):
+        """Panoptic ground truth of image ``i``: (segment ids [H, W] int64 numpy, 0 = void; its
+        ``segments_info``), checked against each other (DatasetError naming the PNG)."""
         image_id = self.image_ids[i]
         info, pan = self.coco.imgs[image_id], self._panoptic[image_id]
         path = self.panoptic_dir / pan["file_name"]
@@ -193,8 +194,13 @@ class CocoInstances(Dataset):
         problems = panoptic_problems(ids, pan["segments_info"])
         if problems:
             raise DatasetError(path, problems[0])
+        return ids, pan["segments_info"]
+
+    def load_sem_seg(self, i: int) -> torch.Tensor:
+        """Panoptic semantic labels of image ``i``: [H, W] int64, things 0, stuff 1..S, 255 void."""
+        ids, segments_info = self.load_panoptic(i)
         uniq, inverse = np.unique(ids, return_inverse=True)
-        label_of = {s["id"]: self.categories.semantic_label(s["category_id"]) for s in pan["segments_info"]}
+        label_of = {s["id"]: self.categories.semantic_label(s["category_id"]) for s in segments_info}
         labels = np.array([label_of.get(int(u), IGNORE) for u in uniq], dtype=np.int64)
         return torch.from_numpy(labels[inverse.reshape(ids.shape)])  # id 0 (void) → IGNORE
 

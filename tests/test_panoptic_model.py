@@ -1,0 +1,261 @@
+"""The panoptic BlendMask: ``loss_sem_seg``, the shared-features variant, the fusion at inference.
+
+The head, loss and fusion functions themselves are tested in ``test_panoptic.py``; here they are
+checked as the model wires them: which features the semantic head reads, what the loss is
+computed against (padded batches), that the non-panoptic model is unchanged, and that
+``sem_seg`` / ``panoptic`` come out at the image's own size, also through ``evaluate.detect``.
+Tiny preset, 64 px shapes images; the whole file runs in a few seconds at one thread.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blendmask_edu.config import get_config, override
+from blendmask_edu.data.transforms import boxes_from_masks
+from blendmask_edu.evaluate import detect
+from blendmask_edu.model import build_model
+from blendmask_edu.panoptic import SemanticHead, fuse, stuff_area_for
+from conftest import shapes_split
+
+THING_IDS = {1, 2, 3, 4, 5}
+STUFF_IDS = {6, 7, 8, 9}
+LEARN_STEPS = 40
+
+
+def tiny(**overrides):
+    """The tiny preset (panoptic, stuff ids 6..9) with ``section.key`` → text overrides."""
+    cfg = get_config("tiny")
+    for key, value in overrides.items():
+        cfg = override(cfg, key.replace("__", "."), value)
+    return cfg
+
+
+def build(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return build_model(tiny(**overrides))
+
+
+def crop(image, target, height, width):
+    """The top-left height × width of an (image, target) pair; empty instances dropped."""
+    masks = target["masks"][:, :height, :width]
+    keep = masks.flatten(1).bool().any(1)
+    masks = masks[keep]
+    cropped = {"boxes": boxes_from_masks(masks), "labels": target["labels"][keep],
+               "masks": masks, "image_id": target["image_id"],
+               "sem_seg": target["sem_seg"][:height, :width]}
+    return image[:, :height, :width], cropped
+
+
+def segment_checks(ids, segments):
+    """Every segment's area is its pixel count in ``ids``; ids hold only 0 and segment ids;
+    things have thing ids, stuff stuff ids. Returns (number of things, number of stuff)."""
+    seg_ids = [s["id"] for s in segments]
+    assert len(set(seg_ids)) == len(seg_ids)
+    assert set(ids.unique().tolist()) <= {0, *seg_ids}
+    for s in segments:
+        assert s["area"] == int((ids == s["id"]).sum()) > 0, s
+        assert s["category_id"] in (THING_IDS if s["isthing"] else STUFF_IDS), s
+    things = sum(s["isthing"] for s in segments)
+    return things, len(segments) - things
+
+
+@pytest.fixture(scope="module")
+def shapes64(tmp_path_factory):
+    """Four 64 px shapes val images with their panoptic ``sem_seg`` targets."""
+    dataset = shapes_split(tmp_path_factory, num_val=4, size=64, seed=0)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory):
+    """One 128 px shapes image (to crop sizes that are not multiples of 32 from)."""
+    dataset = shapes_split(tmp_path_factory, num_val=1, size=128, seed=1)
+    return dataset[0][0]
+
+
+@pytest.fixture(scope="module")
+def learned(shapes64):
+    """The tiny panoptic model after LEARN_STEPS AdamW steps (lr 2e-3) on the total loss of two
+    fixed images, and its loss_sem_seg at every step. Used again for inference: it has
+    confident things and stuff to fuse, which a randomly initialised model has not."""
+    torch.manual_seed(0)
+    model = build_model(get_config("tiny")).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    images, targets = [im for im, _ in shapes64[:2]], [t for _, t in shapes64[:2]]
+    history = []
+    for _ in range(LEARN_STEPS):
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append(losses["loss_sem_seg"].item())
+    return model.eval(), history
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_loss_sem_seg_is_half_the_cross_entropy_of_the_upsampled_logits(shapes64):
+    model = build().train()
+    assert isinstance(model.semantic, SemanticHead) and model.sem_seg_weight == 0.5
+    # sizes that are not multiples of 32: the batch is padded to 64 × 64, the targets with void
+    pairs = [crop(*shapes64[0], 56, 60), crop(*shapes64[1], 64, 50)]
+    captured = []
+    handle = model.semantic.register_forward_hook(lambda m, i, out: captured.append(out))
+    losses = model([im for im, _ in pairs], [t for _, t in pairs])
+    handle.remove()
+
+    assert {"loss_fcos_cls", "loss_mask", "loss_sem_seg"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    (logits,) = captured
+    assert logits.shape == (2, 5, 16, 16)  # 1 + 4 stuff classes at stride 4 of 64 × 64
+    up = F.interpolate(logits.detach(), scale_factor=4, mode="bilinear", align_corners=False)
+    targets = torch.full((2, 64, 64), 255, dtype=torch.int64)
+    targets[0, :56, :60] = pairs[0][1]["sem_seg"]
+    targets[1, :64, :50] = pairs[1][1]["sem_seg"]
+    expected = 0.5 * F.cross_entropy(up, targets, ignore_index=255)
+    assert losses["loss_sem_seg"].item() > 0.1
+    assert abs(losses["loss_sem_seg"].item() - expected.item()) < 1e-5
+
+
+def test_targets_without_sem_seg_are_refused(shapes64):
+    model = build().train()
+    image, target = shapes64[0]
+    target = {k: v for k, v in target.items() if k != "sem_seg"}
+    with pytest.raises(ValueError, match="sem_seg"):
+        model([image], [target])
+
+
+def test_shared_head_reads_the_bottom_modules_fused_map_and_trains_it(shapes64):
+    images, targets = [im for im, _ in shapes64[:2]], [t for _, t in shapes64[:2]]
+    refine_grads = {}
+    for shared in (True, False):
+        model = build(**{"panoptic.share_basis_features": str(shared).lower()}).train()
+        assert model.share_basis_features is shared and model.semantic.shared is shared
+        seen = {}
+        hooks = [model.basis.register_forward_hook(lambda m, i, out: seen.update(fused=out["fused"])),
+                 model.semantic.register_forward_hook(lambda m, i, out: seen.update(head_in=i[0]))]
+        losses = model(images, targets)
+        for hook in hooks:
+            hook.remove()
+        if shared:
+            assert seen["head_in"] is seen["fused"]
+            assert seen["head_in"].shape == (2, 32, 8, 8)  # basis_channels, H/8, W/8
+        else:
+            assert isinstance(seen["head_in"], (list, tuple)) and len(seen["head_in"]) == 3
+            assert seen["head_in"][0].shape == (2, 64, 8, 8)  # P3 of the FPN (width 64)
+        model.zero_grad(set_to_none=True)
+        losses["loss_sem_seg"].backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in model.semantic.predictor.parameters())
+        refine_grads[shared] = [p.grad for p in model.basis.refine.parameters()]
+    assert refine_grads[True] and all(g is not None and g.abs().sum() > 0 for g in refine_grads[True])
+    assert all(g is None or not g.any() for g in refine_grads[False])
+
+
+def test_the_head_is_built_last_so_the_rest_is_the_plain_model(shapes64):
+    panoptic = build(seed=3)
+    plain = build(seed=3, **{"panoptic.enabled": "false"})
+    assert plain.semantic is None and plain.stuff_ids == []
+    ours, theirs = panoptic.state_dict(), plain.state_dict()
+    extra = set(ours) - set(theirs)
+    assert set(theirs) <= set(ours) and extra and all(k.startswith("semantic.") for k in extra)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+
+    images, targets = [im for im, _ in shapes64[:2]], [t for _, t in shapes64[:2]]
+    with_head = panoptic.train()(images, targets)
+    without = plain.train()(images, targets)
+    assert set(with_head) - set(without) == {"loss_sem_seg"}
+    for name, value in without.items():  # the same weights compute the same shared losses
+        torch.testing.assert_close(with_head[name], value, rtol=0, atol=0)
+
+    for out in plain.eval()(images):
+        assert "sem_seg" not in out and "panoptic" not in out and "masks" in out
+    for out in panoptic.eval()(images):
+        assert "sem_seg" in out and "panoptic" in out
+
+
+def test_enabled_without_stuff_ids_is_an_error():
+    cfg = override(get_config("tiny"), "panoptic.stuff_ids", "[]")
+    with pytest.raises(ValueError, match="stuff_ids"):
+        build_model(cfg)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_loss_sem_seg_learns(learned):
+    # Measured (seeds 0–2 of the weights, 1 thread, ~1.2 s): from 1.9–3.8 down to 0.057–0.078,
+    # i.e. to 2–3 % of the first value; a uniform guess over 5 classes would be 0.5 · ln 5 = 0.80.
+    _, history = learned
+    assert len(history) == LEARN_STEPS
+    assert history[-1] <= 0.5 * history[0]
+    assert history[-1] <= 0.1 * history[0]
+    assert history[-1] < 0.2
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_eval_outputs_at_a_size_that_is_not_a_multiple_of_32(learned, big_image):
+    model, _ = learned
+    assert model.fusion == {"score_thresh": 0.2, "overlap_thresh": 0.4, "stuff_area": 4096}
+    image = big_image[:, :72, :100]
+    with torch.no_grad():
+        (out,) = model([image])
+    sem_seg = out["sem_seg"]
+    assert sem_seg.shape == (5, 72, 100)
+    torch.testing.assert_close(sem_seg.sum(0), torch.ones(72, 100))
+    ids, segments = out["panoptic"]
+    assert ids.shape == (72, 100) and ids.dtype == torch.int64
+    things, stuff = segment_checks(ids, segments)
+    assert things >= 2 and stuff >= 1  # measured: 14 things, 3 stuff
+
+    masks, scores, labels = out["masks"], out["scores"], out["labels"]
+    again = model.fuse_panoptic(masks, scores, labels, sem_seg)
+    explicit = fuse(masks, scores, labels, sem_seg, score_thresh=0.2, overlap_thresh=0.4,
+                    stuff_area=stuff_area_for((72, 100)), stuff_ids=[6, 7, 8, 9])
+    for ids_b, segments_b in (again, explicit):
+        assert torch.equal(ids_b, ids) and segments_b == segments
+    assert all(s["score"] >= 0.2 for s in segments if s["isthing"])
+
+    # fuse_panoptic reads model.fusion: a score threshold just above the second thing's score
+    # leaves the first thing alone (the fusion is sequential in score order, so the kept prefix
+    # decides the same), and a larger stuff area drops the smaller stuff regions
+    thresh = sorted((s["score"] for s in segments if s["isthing"]), reverse=True)[1] + 1e-6
+    saved = dict(model.fusion)
+    try:
+        model.fusion.update(score_thresh=thresh, stuff_area=4096 * 20)
+        strict = model.fuse_panoptic(masks, scores, labels, sem_seg)
+    finally:
+        model.fusion.clear()
+        model.fusion.update(saved)
+    area = stuff_area_for((72, 100), coco_area=4096 * 20)
+    assert area == 614
+    expected = fuse(masks, scores, labels, sem_seg, thresh, 0.4, area, stuff_ids=[6, 7, 8, 9])
+    assert torch.equal(strict[0], expected[0]) and strict[1] == expected[1]
+    assert segment_checks(*strict)[0] == 1
+    assert all(s["area"] >= 614 for s in strict[1] if not s["isthing"])
+
+
+def test_detect_fuses_again_at_the_original_size(learned, shapes64):
+    model, _ = learned
+    image = shapes64[2][0]  # 64 × 64, not seen in training
+    logits = []
+    handle = model.semantic.register_forward_hook(lambda m, i, out: logits.append(out))
+    (det,) = detect(model, [image], short_size=96, max_size=200)
+    handle.remove()
+    assert logits[0].shape == (1, 5, 24, 24)  # the model ran at 96 × 96
+    assert det["sem_seg"].shape == (5, 64, 64) and det["masks"].shape[-2:] == (64, 64)
+    torch.testing.assert_close(det["sem_seg"].sum(0), torch.ones(64, 64))
+    ids, segments = det["panoptic"]
+    assert ids.shape == (64, 64)
+    things, stuff = segment_checks(ids, segments)
+    assert things >= 1 and stuff >= 1  # measured: 10 things, 3 stuff
+    again_ids, again_segments = model.fuse_panoptic(det["masks"], det["scores"], det["labels"],
+                                                    det["sem_seg"])
+    assert torch.equal(again_ids, ids) and again_segments == segments
