@@ -295,7 +295,7 @@ def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: in
         results = predict_dataset(model, dataset, short_size, max_size, batch_size, device,
                                   progress, on_image)
         metrics, evaluators = _coco_metrics(dataset, results)
-        details = _panoptic_metrics(panoptic, dataset, metrics, out_dir, split)
+        details = _panoptic_metrics(panoptic, dataset, metrics, split)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -344,7 +344,7 @@ def _panoptic_collector(model, dataset, out_dir, split: str, stack: contextlib.E
 
 
 def _panoptic_metrics(panoptic: Optional[PanopticPredictions], dataset, metrics: Dict,
-                      out_dir, split: str) -> Dict:
+                      split: str) -> Dict:
     """Adds the Table 1 columns to ``metrics``; returns what metrics.json gets beyond them."""
     if panoptic is None:
         return {}

@@ -4,8 +4,9 @@ Both follow torchvision's detection convention (DESIGN §4): in train mode ``mod
 targets)`` returns a dict of scalar losses; in eval mode ``model(images)`` returns one dict per
 image with ``boxes`` [D, 4] xyxy in the input image's pixels, ``scores`` [D] and ``labels`` [D]
 (the dataset's category ids); BlendMask adds ``masks`` [D, 1, H, W], and with the panoptic
-extension ``sem_seg`` [1 + S, H, W] and ``panoptic`` (an [H, W] id map, its ``segments_info``). Images are a list of [3, H, W] floats in 0..1 of any sizes: the
-model normalises and pads them to a multiple of 32 itself, and never resizes.
+extension ``sem_seg`` [1 + S, H, W] and ``panoptic`` (an [H, W] id map, its ``segments_info``).
+Images are a list of [3, H, W] floats in 0..1 of any sizes: the model normalises and pads them
+to a multiple of 32 itself, and never resizes.
 
 ``build_fcos(cfg)`` and ``build_model(cfg)`` are the one place that reads a config to build a model.
 """

@@ -225,6 +225,30 @@ def test_fuse_skips_covered_instances_and_keeps_only_visible_pixels():
     assert [s["category_id"] for s in segments] == [2]
 
 
+def test_fuse_trace_records_every_decision_in_order():
+    # A 0.9 kept; B 0.8 half under A → overlap; C 0.7 kept (40 % under A); D 0.1 stops the walk;
+    # E 0.05 is never looked at. Stuff: label 1 has 168 free px (kept), label 2 has 60 (< 70).
+    a, b, c, d, e = (box(0, 10, 0, 10), box(5, 15, 0, 10), box(0, 10, 6, 16),
+                     box(15, 20, 15, 20), box(15, 20, 0, 5))
+    masks = torch.stack([a, b, c, d, e])
+    scores, labels = torch.tensor([0.9, 0.8, 0.7, 0.1, 0.05]), torch.tensor([1, 2, 3, 4, 5])
+    sem = torch.zeros(20, 20, dtype=torch.int64)
+    sem[:, 16:] = 1  # 80 px, none under an instance
+    sem[15:, :15] = 2  # 75 px, 0 under kept instances (D is dropped): 75 ≥ 70 kept
+    trace = []
+    ids, segments = fuse(masks, scores, labels, sem, stuff_area=70, trace=trace)
+    assert [(t.get("instance_id"), t["decision"]) for t in trace] == [
+        (0, "kept"), (1, "overlap"), (2, "kept"), (3, "below score_thresh"),
+        (None, "kept"), (None, "kept")]
+    assert trace[1]["overlap"] == 0.5 and trace[2]["overlap"] == 0.4 and trace[3]["overlap"] is None
+    assert [(t["label"], t["area"]) for t in trace[4:]] == [(1, 80), (2, 75)]
+    # the trace changes nothing
+    assert torch.equal(ids, fuse(masks, scores, labels, sem, stuff_area=70)[0])
+    trace = []
+    fuse(masks, scores, labels, sem, stuff_area=78, trace=trace)
+    assert [t["decision"] for t in trace[4:]] == ["kept", "below stuff_area"]
+
+
 def test_fuse_places_stuff_of_at_least_stuff_area_on_free_pixels():
     sem = torch.full((20, 20), 255, dtype=torch.int64)
     sem[:10] = 1  # 200 px, 32 of them under the instance → 168 free: kept
