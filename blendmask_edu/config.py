@@ -187,12 +187,12 @@ SHAPES_CLASSES = ("circle", "triangle", "rectangle", "star", "ring")
 
 
 def _tiny() -> Config:
-    """The CPU preset: shapes at 128 px, about 7 minutes of training on 2 cores.
+    """The CPU preset: shapes at 128 px, about 7½ minutes of training on 2 cores.
 
-    Measured on shapes val, 2 threads, on a quiet machine: 4000 steps in 420 s give box AP 58.9,
-    mask AP 50.8 and PQ 57.9 (before the panoptic head: box 59.8, mask 50.5 in 441 s; 2000 steps
-    of that: box 47.2, mask 38.5). Departures from the
-    paper, each for the CPU and the small images:
+    Measured on shapes val, 2 threads, on a quiet machine, two runs: 4000 steps in 420 s and
+    454 s gave box AP 58.9 / 59.8, mask AP 50.8 / 51.1 and PQ 57.9 / 57.9 (before the panoptic
+    head: box 59.8, mask 50.5 in 441 s; 2000 steps of that: box 47.2, mask 38.5). Departures
+    from the paper, each for the CPU and the small images:
     - a narrow ResNet-18 (stem width 16 instead of 64: 4× fewer channels everywhere) from
       random weights, with trainable BatchNorm and nothing frozen: there are no ImageNet weights
       offline, frozen BN with identity statistics does not train from scratch, and the narrow
