@@ -175,9 +175,11 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
         lines["panoptic"] = [
             "## Panoptic segmentation (the paper's Table 1 columns, percent)", "",
             table1_markdown(metrics), "",
-            "PQ = SQ × RQ per class, averaged over classes (things: the shapes; stuff: sky, "
-            "ground, pole, net); mIoU is the semantic branch's (things as one class); AP_th is "
-            "the mask AP of the things. The predicted PNGs and JSON are in "
+            "PQ = SQ × RQ per class, averaged over the classes (things: "
+            f"{', '.join(val_dataset.categories.thing_names)}; stuff: "
+            f"{', '.join(val_dataset.categories.semantic_names[1:])}); mIoU is the semantic "
+            "branch's (things as one class); AP_th is the mask AP of the things. The predicted "
+            "PNGs and JSON are in "
             "`panoptic_val/` and `panoptic_val.json`.", "",
             f"The first {shown} validation images and their panoptic maps (instances scoring "
             f"≥ {cfg.panoptic.score_thresh}, then stuff):", "", "![panoptic](panoptic.png)", ""]

@@ -226,8 +226,12 @@ def test_demo_writes_the_report_and_metrics(demo_run):
     report = (out / "report.md").read_text()
     assert "| box |" in report and "| mask |" in report and "preset `tiny`" in report
     assert "trained for 2 iterations" in report
-    for picture in ("loss_curve.png", "predictions.png", "bases.png"):
+    for picture in ("loss_curve.png", "predictions.png", "bases.png", "panoptic.png"):
         assert f"({picture})" in report
+    # the tiny preset is panoptic: the Table 1 row, with the values of metrics.json
+    assert "| PQ | SQ | RQ | PQ_th | PQ_st | mIoU | AP_box | AP_th |" in report
+    assert f"| {metrics['PQ']:.1f} | {metrics['SQ']:.1f} |" in report
+    assert (out / "panoptic.png").stat().st_size > 0 and (out / "panoptic_val.json").is_file()
 
 
 def test_demo_rerun_resumes_the_finished_run(demo_run, capsys):
