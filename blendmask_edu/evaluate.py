@@ -70,12 +70,15 @@ def detect(model, images: Sequence[torch.Tensor], short_size: int, max_size: int
     mapped back: ``boxes`` [D, 4] xyxy clipped to the image, ``scores`` [D], ``labels`` [D]
     (category ids) and ``masks`` [D, 1, H, W] probabilities; for a panoptic model also
     ``sem_seg`` [1 + S, H, W] probabilities and ``panoptic`` (id map [H, W], segments_info),
-    fused again at the original size when the image was resized.
+    fused at the original size.
     """
     device = device or next(model.parameters()).device
     model.eval()
     resized = [resize_for_test(image, short_size, max_size) for image in images]
-    outputs = model([image.to(device) for image, _ in resized])
+    batch = [image.to(device) for image, _ in resized]
+    # A panoptic model's fusion is done below, once, at the original size.
+    panoptic = getattr(getattr(model, "module", model), "semantic", None) is not None
+    outputs = model(batch, panoptic=False) if panoptic else model(batch)
     detections = []
     for image, (_, (sx, sy)), out in zip(images, resized, outputs):
         height, width = image.shape[-2:]
@@ -89,16 +92,14 @@ def detect(model, images: Sequence[torch.Tensor], short_size: int, max_size: int
                 masks = F.interpolate(masks, size=(height, width), mode="bilinear",
                                       align_corners=False)
             det["masks"] = masks if len(masks) else masks.new_zeros(0, 1, height, width)
-        if "sem_seg" in out:  # panoptic: the semantic map, and the fusion at the original size
+        if panoptic:  # the semantic map at the original size, and the fusion there
             sem_seg = out["sem_seg"].cpu()  # [1 + S, H', W'] probabilities
             if tuple(sem_seg.shape[-2:]) != (height, width):
                 sem_seg = F.interpolate(sem_seg[None], size=(height, width), mode="bilinear",
                                         align_corners=False)[0]
-                fuse = getattr(model, "module", model).fuse_panoptic
-                det["panoptic"] = fuse(det["masks"], det["scores"], det["labels"], sem_seg)
-            else:
-                det["panoptic"] = (out["panoptic"][0].cpu(), out["panoptic"][1])
             det["sem_seg"] = sem_seg
+            det["panoptic"] = getattr(model, "module", model).fuse_panoptic(
+                det["masks"], det["scores"], det["labels"], sem_seg)
         detections.append(det)
     return detections
 

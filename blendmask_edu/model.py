@@ -178,7 +178,9 @@ class BlendMask(FCOS):
         self.mask_loss_weight = mask_loss_weight
 
     def forward(self, images: Sequence[torch.Tensor], targets: Optional[List[Dict]] = None,
-                return_internals: bool = False):
+                return_internals: bool = False, panoptic: bool = True):
+        """``panoptic=False`` leaves out the eval-mode fusion (``sem_seg`` is still returned):
+        ``evaluate.detect`` fuses itself, once, at the original image size."""
         batch, sizes, features, head, locations = self.features(images)
         bottom = self.basis(features)  # bases [N, K, H/4, W/4] (+ thing-semantic logits)
         sem_logits = None  # [N, 1 + S, H/4, W/4] with the panoptic semantic head
@@ -199,8 +201,9 @@ class BlendMask(FCOS):
             if sem_logits is not None:
                 det["sem_seg"] = semantic_inference(sem_logits[i], sizes[i],
                                                     batch.shape[-2:])  # [1 + S, H, W]
-                det["panoptic"] = self.fuse_panoptic(det["masks"], det["scores"], det["labels"],
-                                                     det["sem_seg"])
+                if panoptic:
+                    det["panoptic"] = self.fuse_panoptic(det["masks"], det["scores"],
+                                                         det["labels"], det["sem_seg"])
             if return_internals:
                 det["attentions"] = chosen
                 det["bases"] = bottom["bases"][i, :, : -(-sizes[i][0] // BASES_STRIDE),

@@ -241,17 +241,15 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
                 trace.append({**note, "overlap": None, "decision": "below score_thresh"})
             break
         overlap = int((binary[d] & taken).sum())
+        fraction = overlap / areas[d] if areas[d] else None
+        decision = ("empty" if areas[d] == 0 else "overlap" if fraction > overlap_thresh
+                    else "empty" if overlap == areas[d] else "kept")  # the last: threshold ≥ 1
         if trace is not None:
-            fraction = overlap / areas[d] if areas[d] else None
-            decision = ("empty" if areas[d] == 0 else "overlap" if fraction > overlap_thresh
-                        else "empty" if overlap == areas[d] else "kept")
             trace.append({**note, "overlap": fraction, "decision": decision})
-        if areas[d] == 0 or overlap / areas[d] > overlap_thresh:
+        if decision != "kept":
             continue
         visible = binary[d] & ~taken  # (H, W)
         area = areas[d] - overlap
-        if area == 0:  # only possible with overlap_thresh ≥ 1
-            continue
         ids[visible] = len(segments) + 1
         taken |= visible
         segments.append({"id": len(segments) + 1, "category_id": int(labels[d]), "isthing": True,
@@ -263,10 +261,13 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
     counts = torch.bincount(free, minlength=num_labels).tolist()  # (num_labels,)
     lut = torch.zeros(num_labels, dtype=torch.int64, device=device)  # label → new segment id
     for label in range(1, min(num_labels, IGNORE)):
-        if trace is not None and counts[label]:
-            trace.append({"label": label, "area": counts[label], "decision":
-                          "kept" if counts[label] >= stuff_area else "below stuff_area"})
-        if counts[label] == 0 or counts[label] < stuff_area:
+        if counts[label] == 0:
+            continue
+        kept = counts[label] >= stuff_area
+        if trace is not None:
+            trace.append({"label": label, "area": counts[label],
+                          "decision": "kept" if kept else "below stuff_area"})
+        if not kept:
             continue
         if stuff_ids is not None and label > len(stuff_ids):
             raise ValueError(f"semantic label {label} but only {len(stuff_ids)} stuff ids")
