@@ -45,11 +45,11 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from blendmask_edu import build_model, get_config
-from blendmask_edu.blender import blend, postprocess_masks
+from blendmask_edu.modeling.blender import blend, postprocess_masks
 from blendmask_edu.config import Config, override
-from blendmask_edu.fcos import compute_locations
-from blendmask_edu.model import build_fcos, normalize_and_pad
-from blendmask_edu.panoptic import semantic_inference
+from blendmask_edu.modeling.fcos import compute_locations
+from blendmask_edu.modeling.model import build_fcos, normalize_and_pad
+from blendmask_edu.modeling.panoptic import semantic_inference
 
 GOALS = [  # (name, numerator, denominator, phase, upper bound on the ratio)
     ("inference ≤ 0.5 × Mask R-CNN", "blendmask_r50", "maskrcnn_tv", "inference", 0.5),

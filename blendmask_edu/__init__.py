@@ -18,6 +18,6 @@ Start with ``notebooks/00_data.ipynb``.
 __version__ = "0.1.0"
 
 from blendmask_edu.config import get_config  # noqa: E402
-from blendmask_edu.model import build_model  # noqa: E402
+from blendmask_edu.modeling.model import build_model  # noqa: E402
 
 __all__ = ["build_model", "get_config"]

@@ -1,6 +1,6 @@
 """Typed configuration: a dataclass tree, named presets, and a JSON round trip.
 
-``get_config(name)`` returns a preset; ``build_model(cfg)`` (in :mod:`blendmask_edu.model`) is the
+``get_config(name)`` returns a preset; ``build_model(cfg)`` (in :mod:`blendmask_edu.modeling.model`) is the
 one place that reads it. Override with ``dataclasses.replace`` or :func:`override` (the CLI's
 typed ``--section.key value`` flags). Every checkpoint saves ``to_dict(cfg)``.
 

@@ -1,4 +1,5 @@
-"""Small helpers every notebook and command shares: the seed, the scale switch, the device.
+"""Small helpers every notebook and command shares: the seed, the scale switch, the device,
+and the model inside a DistributedDataParallel wrapper.
 
 The scale switch is the one place that decides how big a notebook's work is:
 ``BLENDMASK_EDU_SCALE=ci`` (short, for CI and quick checks) or ``full`` (what the committed
@@ -14,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 SCALE_VARIABLE = "BLENDMASK_EDU_SCALE"
 SCALES = ("ci", "full")
@@ -41,6 +43,13 @@ def pick_device(device: Optional[str] = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, whether or not ``DistributedDataParallel`` (or ``DataParallel``) wraps it:
+    its parameters, ``state_dict`` and methods are the wrapped module's."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def setup(seed: int = 0, threads: int = 2, device: Optional[str] = None) -> dict:

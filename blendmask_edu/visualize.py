@@ -230,6 +230,22 @@ def plot_losses(log: Sequence[Mapping[str, float]], ax=None, title: str = "train
     return ax
 
 
+def save_loss_curve(log: Sequence[Mapping[str, float]], path) -> bool:
+    """The training entries of a run's log (those with ``loss``) drawn by :func:`plot_losses`
+    into a PNG at ``path`` (a run's ``loss_curve.png``); False, and nothing written, when there
+    are none. Drawn on a pyplot-free ``Figure``, so a notebook's own figures are left alone."""
+    from matplotlib.figure import Figure
+
+    entries = [entry for entry in log if "loss" in entry and not entry.get("eval")]
+    if not entries:
+        return False
+    figure = Figure(figsize=(6, 3.2))
+    plot_losses(entries, ax=figure.subplots())
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return True
+
+
 def draw_map(values: torch.Tensor, ax=None, title: str = "", cmap: str = "RdBu_r",
              symmetric: bool = True, colorbar: bool = False):
     """One real-valued map ``[h, w]`` (a basis, an attention, a blended mask) as a heat map;
@@ -267,7 +283,7 @@ def draw_bases(image, bases: torch.Tensor, axes: Optional[Sequence] = None,
 def plot_precision_recall(recall: Sequence[float], curves: Mapping[str, Sequence[float]],
                           ax=None, title: str = "precision–recall"):
     """Precision against recall, one line per ``{label: precision [R]}`` at the R ``recall``
-    points (see :func:`blendmask_edu.evaluate.precision_curves`); each label shows the curve's
+    points (see :func:`blendmask_edu.evaluation.evaluate.precision_curves`); each label shows the curve's
     mean (its AP, in percent). NaN (a recall never reached) leaves a gap."""
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 3.6))

@@ -197,7 +197,7 @@ TINY_RUN = QUICK + ["--fcos.score_thresh", "0.0"]
 @pytest.fixture(scope="module")
 def small_shapes(tmp_path_factory):
     """8 train + 2 val shapes images of 64 px, made by the command line (one per test module)."""
-    from blendmask_edu.cli import main
+    from blendmask_edu.cli.main import main
 
     root = tmp_path_factory.mktemp("small") / "shapes"
     assert main(["data", "shapes", "--out", str(root), "--train", "8", "--val", "2",

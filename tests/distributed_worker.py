@@ -60,7 +60,7 @@ def dataset(root):
 
 def first_batch(data, seed, rank=0, world_size=1):
     """This process's share of the first batch of the training stream."""
-    from blendmask_edu.engine import batch_indices
+    from blendmask_edu.training.engine import batch_indices
 
     images, targets = zip(*[data[i] for i, _ in batch_indices(len(data), BATCH, seed, 0, rank,
                                                               world_size)])
@@ -78,7 +78,7 @@ def gradients(model, images, targets):
 
 
 def main(shapes: str, out: str) -> None:
-    from blendmask_edu.engine import get_rank, get_world_size, init_distributed, reduce_mean, train
+    from blendmask_edu.training.engine import get_rank, get_world_size, init_distributed, reduce_mean, train
 
     device = init_distributed("cpu")
     rank, world = get_rank(), get_world_size()

@@ -8,9 +8,9 @@ import dataclasses
 import torch
 
 from blendmask_edu import build_model, get_config
-from blendmask_edu.attention import (TopModule, attentions_at, flatten_attentions,
+from blendmask_edu.modeling.attention import (TopModule, attentions_at, flatten_attentions,
                                      gather_attentions)
-from blendmask_edu.fcos import FCOSHead, flatten_predictions
+from blendmask_edu.modeling.fcos import FCOSHead, flatten_predictions
 
 SHAPES = [(8, 10), (4, 5), (2, 3)]  # three levels of a padded 64 × 80 batch
 

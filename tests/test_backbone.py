@@ -15,7 +15,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from blendmask_edu.backbone import (IMAGENET_MEAN, IMAGENET_STD, LastLevelP6, ResNetFPN,
+from blendmask_edu.modeling.backbone import (IMAGENET_MEAN, IMAGENET_STD, LastLevelP6, ResNetFPN,
                                     build_resnet_fpn, narrow_resnet)
 
 LEVELS = [(3, 4, 5, 6, 7), (3, 4, 5), (3, 4, 5, 6), (2, 3, 4, 5, 6, 7)]

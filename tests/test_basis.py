@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blendmask_edu.basis import (
+from blendmask_edu.modeling.basis import (
     BasisModule,
     basis_semantic_loss,
     fuse_levels,
@@ -186,7 +186,7 @@ def test_runs_under_autocast():
 
 def test_basis_roles_reads_hand_made_bases():
     """Four hand-made bases: x, y, the objects' union and an outline; each role finds its basis."""
-    from blendmask_edu.basis import basis_roles
+    from blendmask_edu.modeling.basis import basis_roles
 
     masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
     masks[0, 8:40, 8:40] = 1

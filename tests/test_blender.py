@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import roi_align, roi_pool
 
-from blendmask_edu import blender
-from blendmask_edu.blender import (
+from blendmask_edu.modeling import blender
+from blendmask_edu.modeling.blender import (
     blend,
     blend_training_loss,
     crop_bases,

@@ -9,7 +9,7 @@ from blendmask_edu import build_model, get_config
 from blendmask_edu.data.coco import CocoInstances
 from blendmask_edu.data.files import dataset_paths
 from blendmask_edu.data.synthetic import generate_shapes
-from blendmask_edu.engine import train
+from blendmask_edu.training.engine import train
 
 
 @pytest.fixture(scope="module")

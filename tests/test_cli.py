@@ -7,7 +7,7 @@ import sys
 import pytest
 from pycocotools.coco import COCO
 
-from blendmask_edu.cli import main
+from blendmask_edu.cli.main import main
 from conftest import QUICK, TINY_RUN
 
 
@@ -185,7 +185,7 @@ def test_bad_checkpoint_from_the_shell_has_no_traceback(small_shapes, tmp_path):
 
 
 def test_overrides_parse_and_type_check():
-    from blendmask_edu.cli import UsageError, apply_overrides, parse_overrides
+    from blendmask_edu.cli.main import UsageError, apply_overrides, parse_overrides
     from blendmask_edu.config import get_config
 
     pairs = parse_overrides(["--solver.base_lr", "0.01", "--blendmask.num-bases=8",

@@ -12,7 +12,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from blendmask_edu.data.check import Defect, check_dataset
-from blendmask_edu.data.coco import IGNORE, CategoryMap, CocoInstances
+from blendmask_edu.conventions import IGNORE
+from blendmask_edu.data.coco import CategoryMap, CocoInstances
 from blendmask_edu.data.files import dataset_paths, decode_segmentation, id_to_rgb, rgb_to_id
 from blendmask_edu.data.subset import make_subset
 from blendmask_edu.data.transforms import boxes_from_masks

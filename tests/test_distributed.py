@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from blendmask_edu.checkpoint import load_checkpoint
+from blendmask_edu.training.checkpoint import load_checkpoint
 from blendmask_edu.data.synthetic import generate_shapes
-from blendmask_edu.engine import get_rank, get_world_size, reduce_mean, train
+from blendmask_edu.training.engine import get_rank, get_world_size, reduce_mean, train
 
 import distributed_worker as worker
 

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from blendmask_edu import build_model
-from blendmask_edu.checkpoint import load_checkpoint
+from blendmask_edu.training.checkpoint import load_checkpoint
 from blendmask_edu.config import SolverConfig, get_config, load_config, save_config
 from blendmask_edu.data.coco import CocoInstances
 from blendmask_edu.data.files import dataset_paths
 from blendmask_edu.data.synthetic import generate_shapes
 from blendmask_edu.data.transforms import build_train_transforms
-from blendmask_edu.engine import batch_indices, batches, build_optimizer, lr_factor, train
-from blendmask_edu.model import build_fcos
+from blendmask_edu.training.engine import batch_indices, batches, build_optimizer, lr_factor, train
+from blendmask_edu.modeling.model import build_fcos
 
 
 @pytest.fixture(autouse=True)
@@ -281,7 +281,7 @@ KILLED_RUN = textwrap.dedent("""
     from blendmask_edu.data.coco import CocoInstances
     from blendmask_edu.data.files import dataset_paths
     from blendmask_edu.data.transforms import build_train_transforms
-    from blendmask_edu.engine import train
+    from blendmask_edu.training.engine import train
     torch.set_num_threads(1)
     cfg = load_config(sys.argv[1])
     data = CocoInstances.from_paths(dataset_paths(sys.argv[2], "train"),

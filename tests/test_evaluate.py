@@ -3,7 +3,7 @@
 import torch
 from pycocotools.coco import COCO
 
-from blendmask_edu.evaluate import coco_ap, resize_for_test
+from blendmask_edu.evaluation.evaluate import coco_ap, resize_for_test
 
 
 def _coco(boxes):
@@ -43,7 +43,7 @@ def test_mask_results_round_trip_through_pycocotools():
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from blendmask_edu.evaluate import _encode_masks
+    from blendmask_edu.evaluation.evaluate import _encode_masks
 
     probs = torch.zeros(2, 1, 80, 100)
     probs[0, 0, 10:30, 10:40] = 0.9
@@ -72,7 +72,7 @@ import torch.nn.functional as F  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch import nn  # noqa: E402
 
-from blendmask_edu.evaluate import (evaluate_coco, json_ready, precision_curves,  # noqa: E402
+from blendmask_edu.evaluation.evaluate import (evaluate_coco, json_ready, precision_curves,  # noqa: E402
                                     predict_dataset, run_cocoeval, write_metrics)
 from conftest import shapes_split  # noqa: E402
 

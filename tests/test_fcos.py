@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blendmask_edu.fcos import (
+from blendmask_edu.modeling.fcos import (
     FCOSHead,
     FCOSTargets,
     assign_targets,
@@ -312,7 +312,7 @@ def test_head_shared_tower_variant_and_autocast():
 
 
 def test_split_batch_index_inverts_the_batch_order():
-    from blendmask_edu import fcos
+    from blendmask_edu.modeling import fcos
 
     sizes, num_images = [6, 4, 1], 3
     expected = [(image, sum(sizes[:level]) + loc) for level in range(len(sizes))

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from blendmask_edu.fcos import compute_locations
-from blendmask_edu.fcos_inference import fcos_postprocess
+from blendmask_edu.modeling.fcos import compute_locations
+from blendmask_edu.modeling.fcos_inference import fcos_postprocess
 
 SHAPES, STRIDES = [(4, 4), (2, 2)], [8, 16]
 LOW = -20.0  # a logit whose sigmoid is ~2e-9

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from blendmask_edu.fcos import (
+from blendmask_edu.modeling.fcos import (
     FCOSHead,
     assign_targets,
     batch_targets,
     compute_locations,
     flatten_predictions,
 )
-from blendmask_edu.fcos_loss import fcos_losses, giou_loss_ltrb
+from blendmask_edu.modeling.fcos_loss import fcos_losses, giou_loss_ltrb
 
 
 def giou_from_absolute_boxes(pred_ltrb, target_ltrb):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from blendmask_edu.config import get_config
-from blendmask_edu.model import build_fcos, normalize_and_pad
+from blendmask_edu.modeling.model import build_fcos, normalize_and_pad
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blendmask_edu.basis import fuse_levels
+from blendmask_edu.modeling.basis import fuse_levels
 from blendmask_edu.data.files import id_to_rgb, write_json
-from blendmask_edu.panoptic import (
+from blendmask_edu.modeling.panoptic import (
     SemanticHead,
     fuse,
     pad_semantic_targets,
@@ -20,7 +20,7 @@ from blendmask_edu.panoptic import (
     semantic_loss,
     stuff_area_for,
 )
-from blendmask_edu.panoptic_quality import panoptic_quality
+from blendmask_edu.evaluation.panoptic_quality import panoptic_quality
 from conftest import shapes_split
 
 CIN = 8

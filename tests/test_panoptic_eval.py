@@ -19,15 +19,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from blendmask_edu.cli import main
+from blendmask_edu.cli.main import main
 from blendmask_edu.config import get_config
 from blendmask_edu.data.files import read_panoptic, rgb_to_id
-from blendmask_edu.evaluate import detect, evaluate_coco, format_metrics
-from blendmask_edu.model import build_model
-from blendmask_edu.panoptic import fuse
-from blendmask_edu.panoptic_eval import (PAPER_TABLE1, TABLE1_COLUMNS, PanopticPredictions,
+from blendmask_edu.evaluation.evaluate import detect, evaluate_coco, format_metrics
+from blendmask_edu.modeling.model import build_model
+from blendmask_edu.modeling.panoptic import fuse
+from blendmask_edu.evaluation.panoptic_eval import (PAPER_TABLE1, TABLE1_COLUMNS, PanopticPredictions,
                                          format_table1, segments_to_coco, table1_row)
-from blendmask_edu.panoptic_quality import panoptic_quality, semantic_miou
+from blendmask_edu.evaluation.panoptic_quality import panoptic_quality, semantic_miou
 from conftest import TINY_RUN, shapes_split
 
 STUFF_IDS = (6, 7, 8, 9)

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from blendmask_edu.config import get_config, override
 from blendmask_edu.data.transforms import boxes_from_masks
-from blendmask_edu.evaluate import detect
-from blendmask_edu.model import build_model
-from blendmask_edu.panoptic import SemanticHead, fuse, stuff_area_for
+from blendmask_edu.evaluation.evaluate import detect
+from blendmask_edu.modeling.model import build_model
+from blendmask_edu.modeling.panoptic import SemanticHead, fuse, stuff_area_for
 from conftest import shapes_split
 
 THING_IDS = {1, 2, 3, 4, 5}

@@ -15,7 +15,7 @@ from PIL import Image
 from blendmask_edu.data.errors import DatasetError
 from blendmask_edu.data.files import id_to_rgb, write_json
 from blendmask_edu.data.synthetic import generate_shapes
-from blendmask_edu.panoptic_quality import (
+from blendmask_edu.evaluation.panoptic_quality import (
     PQCounts,
     confusion_matrix,
     panoptic_quality,

@@ -1,6 +1,6 @@
 """The demo report's AP table (the whole report is written end to end in test_cli's demo test)."""
 
-from blendmask_edu.report import metrics_table
+from blendmask_edu.evaluation.report import metrics_table
 
 
 def test_metrics_table_rows_and_missing_size_ranges():

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from blendmask_edu.conventions import IGNORE
+
 from .errors import DatasetError
 from .files import (IMAGE_KEYS, TOP_KEYS, DatasetPaths, PathLike, decode_segmentation,
                     index_entries, index_panoptic, load_json, make_coco, panoptic_stuff,
@@ -23,7 +25,6 @@ from .files import (IMAGE_KEYS, TOP_KEYS, DatasetPaths, PathLike, decode_segment
 from .transforms import boxes_from_masks
 from .validation import panoptic_problems
 
-IGNORE = 255  # semantic label of void / unlabelled pixels (ignored by the loss)
 
 
 # ----------------------------------------------------------------------------- categories

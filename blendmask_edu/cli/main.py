@@ -209,7 +209,7 @@ def _training_sets(data, cfg):
 
 def _print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
     """The AP table, and for a panoptic model the paper's Table 1 row; the files written."""
-    from blendmask_edu.evaluate import METRICS_FILE, PR_CURVE_FILE, RESULTS_FILE, format_metrics
+    from blendmask_edu.evaluation.evaluate import METRICS_FILE, PR_CURVE_FILE, RESULTS_FILE, format_metrics
 
     backbone = f"R-{cfg.backbone.depth}" + (f" (width {cfg.backbone.width})"
                                              if cfg.backbone.width != 64 else "")
@@ -224,9 +224,9 @@ def _run_training(args, cfg, data):
     """Train ``cfg`` on ``data`` into ``args.out`` and evaluate on val; returns
     (model, cfg, val set, log of the whole run, metrics, training seconds of the whole run)."""
     from blendmask_edu.config import describe
-    from blendmask_edu.engine import get_rank, init_distributed, train
-    from blendmask_edu.evaluate import evaluate_coco
-    from blendmask_edu.model import build_model
+    from blendmask_edu.training.engine import get_rank, init_distributed, train
+    from blendmask_edu.evaluation.evaluate import evaluate_coco
+    from blendmask_edu.modeling.model import build_model
     from blendmask_edu.utils import seed_everything
 
     # Under torchrun every process joins the group and takes its device (cuda:LOCAL_RANK or cpu).
@@ -271,7 +271,7 @@ def _category_ids(cfg) -> list:
 
 
 def _load(args):
-    from blendmask_edu.checkpoint import load_model
+    from blendmask_edu.training.checkpoint import load_model
 
     if args.preset is not None:
         _preset(args.preset)  # an unknown name is a usage error, before the file is read
@@ -279,7 +279,7 @@ def _load(args):
 
 
 def _cmd_evaluate(args) -> int:
-    from blendmask_edu.evaluate import evaluate_coco
+    from blendmask_edu.evaluation.evaluate import evaluate_coco
 
     model, cfg = _load(args)
     # A panoptic model gets PQ where the data has panoptic ground truth, AP everywhere.
@@ -319,7 +319,7 @@ def read_image_file(path: Union[str, Path]):
 def _cmd_predict(args) -> int:
     import matplotlib.pyplot as plt
 
-    from blendmask_edu.evaluate import RESULTS_FILE, detect, to_coco_results, write_json
+    from blendmask_edu.evaluation.evaluate import RESULTS_FILE, detect, to_coco_results, write_json
     from blendmask_edu.visualize import category_colors, draw_detections, draw_panoptic
 
     images = [read_image_file(path) for path in args.images]  # every file checked first
@@ -371,7 +371,7 @@ def _cmd_demo(args) -> int:
     stopped, and a finished one is only evaluated and reported again. Delete OUT to start over.
     """
     from blendmask_edu.data.synthetic import ensure_shapes
-    from blendmask_edu.report import write_report
+    from blendmask_edu.evaluation.report import write_report
 
     start = time.perf_counter()
     cfg = apply_overrides(_preset(DEMO_PRESET), args.overrides)
@@ -498,7 +498,7 @@ def _user_error(error: BaseException) -> bool:
     if isinstance(error, (DatasetError, UsageError)):
         return True
     # Only a command that read a checkpoint has imported the module that defines its error.
-    checkpoint = sys.modules.get("blendmask_edu.checkpoint")
+    checkpoint = sys.modules.get("blendmask_edu.training.checkpoint")
     return checkpoint is not None and isinstance(error, checkpoint.CheckpointError)
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fcos import make_norm
+from blendmask_edu.modeling.fcos import make_norm
 
 __all__ = ["BasisModule", "basis_roles", "basis_semantic_loss", "fuse_levels",
            "thing_semantic_targets"]

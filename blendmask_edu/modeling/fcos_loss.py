@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from .fcos import FCOSTargets
+from blendmask_edu.modeling.fcos import FCOSTargets
 
 __all__ = ["fcos_losses", "giou_loss_ltrb"]
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import id_to_rgb
-from .panoptic_quality import confusion_matrix, miou_from_confusion, panoptic_quality
+from blendmask_edu.data.files import id_to_rgb
+from blendmask_edu.evaluation.panoptic_quality import confusion_matrix, miou_from_confusion, panoptic_quality
 
 __all__ = ["PAPER_TABLE1", "TABLE1_COLUMNS", "PanopticPredictions", "format_table1",
            "segments_to_coco", "table1_row"]
@@ -91,7 +91,7 @@ class PanopticPredictions:
         return miou_from_confusion(self.confusion)
 
     def write_json(self, path: Union[str, Path], categories: Sequence[Mapping]) -> Dict:
-        from .evaluate import write_json  # strict JSON, written atomically
+        from blendmask_edu.evaluation.evaluate import write_json  # strict JSON, written atomically
 
         data = {"annotations": self.annotations, "categories": [dict(c) for c in categories]}
         write_json(Path(path), data)
@@ -102,7 +102,7 @@ class PanopticPredictions:
         """``panoptic_quality`` of these predictions against the GT (only the images added)."""
         gt = gt_json
         if not isinstance(gt, Mapping):
-            from .data.files import load_json
+            from blendmask_edu.data.files import load_json
             gt = load_json(Path(gt), ("images", "annotations", "categories"))
         added = {a["image_id"] for a in self.annotations}
         gt = {**gt, "images": [im for im in gt["images"] if im["id"] in added],

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data.coco import IGNORE
-from .fcos import make_norm
+from blendmask_edu.conventions import IGNORE
+from blendmask_edu.modeling.fcos import make_norm
 
 __all__ = ["SemanticHead", "fuse", "pad_semantic_targets", "semantic_inference", "semantic_loss",
            "stuff_area_for"]

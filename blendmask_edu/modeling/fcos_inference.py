@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from .fcos import decode_boxes
+from blendmask_edu.modeling.fcos import decode_boxes
 
 __all__ = ["fcos_postprocess"]
 

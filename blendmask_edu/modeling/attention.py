@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fcos import flatten_predictions
+from blendmask_edu.modeling.fcos import flatten_predictions
 
 __all__ = ["TopModule", "attentions_at", "flatten_attentions", "gather_attentions"]
 

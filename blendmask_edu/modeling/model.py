@@ -18,16 +18,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from blendmask_edu.attention import TopModule
-from blendmask_edu.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet_fpn
-from blendmask_edu.basis import BasisModule, basis_semantic_loss, thing_semantic_targets
-from blendmask_edu.blender import blend_training_loss, postprocess_masks
+from blendmask_edu.modeling.attention import TopModule
+from blendmask_edu.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet_fpn
+from blendmask_edu.modeling.basis import BasisModule, basis_semantic_loss, thing_semantic_targets
+from blendmask_edu.modeling.blender import blend_training_loss, postprocess_masks
 from blendmask_edu.config import Config
-from blendmask_edu.fcos import (FCOSHead, assign_targets, batch_targets, compute_locations,
+from blendmask_edu.modeling.fcos import (FCOSHead, assign_targets, batch_targets, compute_locations,
                                 flatten_predictions, size_ranges_from_sizes, split_batch_index)
-from blendmask_edu.fcos_inference import fcos_postprocess
-from blendmask_edu.fcos_loss import fcos_losses
-from blendmask_edu.panoptic import (SemanticHead, fuse, pad_semantic_targets, semantic_inference,
+from blendmask_edu.modeling.fcos_inference import fcos_postprocess
+from blendmask_edu.modeling.fcos_loss import fcos_losses
+from blendmask_edu.modeling.panoptic import (SemanticHead, fuse, pad_semantic_targets, semantic_inference,
                                     semantic_loss, stuff_area_for)
 
 SIZE_DIVISIBILITY = 32  # the largest backbone stride: padded sizes divide evenly at every level

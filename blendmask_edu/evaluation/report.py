@@ -25,15 +25,15 @@ import torch
 
 from blendmask_edu import visualize as vis
 from blendmask_edu.config import Config, describe
-from blendmask_edu.evaluate import AP_NAMES, IOU_TYPES, detect, resize_for_test
-from blendmask_edu.panoptic_eval import TABLE1_COLUMNS
+from blendmask_edu.evaluation.evaluate import AP_NAMES, IOU_TYPES, detect, resize_for_test
+from blendmask_edu.evaluation.panoptic_eval import TABLE1_COLUMNS
 
 SCORE_THRESH = 0.3
 GRID_ROWS, GRID_COLS = 2, 4
 
 
 def metrics_table(metrics: Mapping[str, float]) -> str:
-    """The flat metrics of :func:`~blendmask_edu.evaluate.evaluate_coco` (``AP``…,
+    """The flat metrics of :func:`~blendmask_edu.evaluation.evaluate.evaluate_coco` (``AP``…,
     ``mask_AP``…) as a Markdown table, one row for boxes and one for masks; "–" where a size
     range holds no ground-truth object."""
     lines = ["| | " + " | ".join(AP_NAMES) + " |", "|---" * (len(AP_NAMES) + 1) + "|"]

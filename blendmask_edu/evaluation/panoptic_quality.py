@@ -37,8 +37,8 @@ from typing import Dict, Iterable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from .data.errors import DatasetError
-from .data.files import load_json, read_panoptic
+from blendmask_edu.data.errors import DatasetError
+from blendmask_edu.data.files import load_json, read_panoptic
 
 __all__ = ["PQCounts", "confusion_matrix", "miou_from_confusion", "panoptic_quality",
            "pq_from_arrays", "pq_of_maps", "pq_summary", "semantic_miou"]

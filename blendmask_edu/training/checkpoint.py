@@ -12,7 +12,7 @@ A checkpoint (``RUN/last.pt``) is one ``torch.save`` file holding plain data onl
     extra      plain data the engine adds (running loss sums, elapsed time, AMP scaler state)
 
 The learning-rate schedule has no state of its own: it is ``lr_factor(iteration, cfg.solver)``
-(``engine.py``), and both arguments are in the file.
+(``solver.py``), and both arguments are in the file.
 
 Writing is atomic: the file is written under a temporary name in the same folder, flushed to
 disk (``fsync``) and renamed over the old one (``os.replace``, atomic on POSIX and Windows). A
@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from blendmask_edu import config as config_lib
-from blendmask_edu.model import build_model
+from blendmask_edu.modeling.model import build_model
+from blendmask_edu.utils import unwrap
 
 FORMAT = "blendmask_edu/1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "iteration", "config", "rng")
@@ -90,12 +91,6 @@ def restore_rng(state: Dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- save and load
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel (or DataParallel) wrapper, else the model."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
 
 
 def save_checkpoint(path: PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer,

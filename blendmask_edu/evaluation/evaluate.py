@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from blendmask_edu.data.files import load_json
 from blendmask_edu.data.transforms import shortest_edge_size
-from blendmask_edu.panoptic_eval import (TABLE1_COLUMNS, PanopticPredictions, format_table1,
+from blendmask_edu.evaluation.panoptic_eval import (TABLE1_COLUMNS, PanopticPredictions, format_table1,
                                          table1_row)
-from blendmask_edu.panoptic_quality import panoptic_quality  # noqa: F401  (DESIGN §4 contract)
+from blendmask_edu.evaluation.panoptic_quality import panoptic_quality  # noqa: F401  (DESIGN §4 contract)
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = {"bbox": "", "segm": "mask_"}  # COCOeval's iouType → prefix of the flat metric keys

@@ -1,28 +1,26 @@
-"""Training: the optimizer, the learning-rate schedule, the data stream, the loop, and DDP.
+"""The training loop: batches in, updates out, and the run folder that lets a run resume exactly.
 
-The recipe is the paper's (spec §8): SGD with momentum, weight decay except on norm parameters,
-a linear warm-up, then the learning rate × ``gamma`` at each step; optional gradient clipping
-and mixed precision (``torch.autocast``, CUDA only). Introduced in ``notebooks/01_fcos.ipynb``
-(a short FCOS training) and explained in ``04_train.ipynb``.
+Each iteration sets the learning rate (:mod:`~blendmask_edu.training.solver`), takes the next
+batch of the stream (:mod:`~blendmask_edu.training.sampling`), checks the loss is finite,
+steps the optimizer (optional gradient clipping, and mixed precision — ``torch.autocast`` —
+on CUDA only), and logs. Introduced in ``notebooks/01_fcos.ipynb`` (a short FCOS training) and
+explained in ``04_train.ipynb``.
 
 A run with ``out_dir`` writes there ``config.json``, ``metrics.jsonl`` (one JSON line per log
-entry), ``last.pt`` (:mod:`blendmask_edu.checkpoint`) and ``loss_curve.png``; ``resume=True``
-continues from ``last.pt`` and, on the CPU, ends with the same weights as a run that was never
-stopped. Three things make that exact: the batch of iteration ``i`` is a pure function of
-``(seed, i)`` (:func:`batch_indices`), every image's random augmentation draws from a generator
-seeded by its place in the data stream (not by how long the process has run), and the
-checkpoint holds the optimizer and the random states captured where the loop restarts.
-Bitwise exact needs one thread or ``torch.use_deterministic_algorithms(True)``: with several
-threads, the backward of an indexing with repeated indices (``crops[gt_index]`` in the mask
-loss) adds in a varying order, so even two uninterrupted runs differ slightly.
+entry), ``last.pt`` (:mod:`blendmask_edu.training.checkpoint`) and ``loss_curve.png``;
+``resume=True`` continues from ``last.pt`` and, on the CPU, ends with the same weights as a run
+that was never stopped. Three things make that exact: the batch of iteration ``i`` is a pure
+function of ``(seed, i)``, every image's random augmentation draws from a generator seeded by
+its place in the data stream (both :mod:`~blendmask_edu.training.sampling`), and the checkpoint
+holds the optimizer and the random states captured where the loop restarts. Bitwise exact needs
+one thread or ``torch.use_deterministic_algorithms(True)``: with several threads, the backward
+of an indexing with repeated indices (``crops[gt_index]`` in the mask loss) adds in a varying
+order, so even two uninterrupted runs differ slightly.
 
-Multi-process training (``torchrun``): :func:`init_distributed` joins the process group; ``train``
-then wraps the model in DistributedDataParallel and each process takes its share of every
-batch (``cfg.solver.batch_size`` is the total, as in the paper). The loss normalisers (number of
-positives, Σ centerness) are means over processes (``reduce_mean``, spec §2.4), so each
-process's loss is its own terms over the shared normaliser and DDP's averaged gradient equals
-the one-process gradient of the whole batch. Only process 0 writes files, prints and shows the
-progress bar.
+Under ``torchrun`` (:mod:`~blendmask_edu.training.distributed`) ``train`` wraps the model in
+DistributedDataParallel and each process takes its share of every batch
+(``cfg.solver.batch_size`` is the total, as in the paper). Only process 0 writes files, prints
+and shows the progress bar.
 """
 
 from __future__ import annotations
@@ -32,163 +30,24 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from blendmask_edu import checkpoint as ckpt
-from blendmask_edu.config import Config, SolverConfig, save_config
-from blendmask_edu.data.transforms import collate
+from blendmask_edu.config import Config, save_config
+from blendmask_edu.fileio import append_jsonl
+from blendmask_edu.training import checkpoint as ckpt
+from blendmask_edu.training.distributed import get_rank, get_world_size, reduce_mean
+from blendmask_edu.training.sampling import batches
+from blendmask_edu.training.solver import build_optimizer, lr_factor
+from blendmask_edu.visualize import save_loss_curve
 
-NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
-CHECKPOINT_FILE, METRICS_FILE, CONFIG_FILE, CURVE_FILE = (
+CHECKPOINT_FILE, LOG_FILE, CONFIG_FILE, CURVE_FILE = (
     "last.pt", "metrics.jsonl", "config.json", "loss_curve.png")
-
-
-def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
-    """SGD (or AdamW) over the trainable parameters; norm parameters get ``weight_decay_norm``."""
-    norm_params, other_params = [], []
-    for module in model.modules():
-        for param in module.parameters(recurse=False):
-            if param.requires_grad:
-                (norm_params if isinstance(module, NORM_TYPES) else other_params).append(param)
-    groups = [{"params": other_params, "weight_decay": solver.weight_decay},
-              {"params": norm_params, "weight_decay": solver.weight_decay_norm}]
-    groups = [g for g in groups if g["params"]]
-    if solver.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=solver.base_lr)
-    if solver.optimizer != "sgd":
-        raise ValueError(f"solver.optimizer must be 'sgd' or 'adamw', not {solver.optimizer!r}")
-    return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum)
-
-
-def lr_factor(iteration: int, solver: SolverConfig) -> float:
-    """Multiplier of ``base_lr`` at ``iteration``: linear warm-up from ``warmup_factor`` to 1
-    over ``warmup_iters``, times ``gamma`` for every step already passed."""
-    decay = solver.gamma ** sum(iteration >= s for s in solver.steps)
-    if iteration < solver.warmup_iters:
-        alpha = iteration / solver.warmup_iters
-        return decay * (solver.warmup_factor * (1 - alpha) + alpha)
-    return decay
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over processes (all-reduce sum / world size), without gradient;
-    the tensor itself with one process."""
-    world = get_world_size()
-    if world == 1:
-        return tensor
-    total = tensor.detach().clone()
-    dist.all_reduce(total)
-    return total / world
-
-
-def init_distributed(device: Optional[str] = None) -> torch.device:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and return this
-    process's device: ``cuda:LOCAL_RANK`` with NCCL, or the CPU with gloo. One process: the
-    ``device`` asked for, else CUDA when available, else the CPU."""
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return torch.device(device or ("cuda" if use_cuda else "cpu"))
-    if use_cuda:
-        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(local)
-    else:
-        local = torch.device("cpu")
-    if not dist.is_initialized():  # rank, world size and address come from torchrun's variables
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return local
-
-
-# ----------------------------------------------------------------------------- the data stream
-
-
-def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order (num_items,) of ``epoch``: the same for a seed, different per epoch."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_items, generator=generator)
-
-
-def batch_indices(num_items: int, batch_size: int, seed: int, iteration: int, rank: int = 0,
-                  world_size: int = 1) -> List[Tuple[int, int]]:
-    """``(dataset index, sample seed)`` of each image process ``rank`` takes at ``iteration``.
-
-    Each epoch is ``num_items // batch_size`` batches of :func:`epoch_order` (the rest is
-    dropped); process ``rank`` takes the ``rank``-th of ``world_size`` equal slices of the
-    batch. The epoch and the offset follow from ``iteration`` alone, so a resumed run skips
-    to its batch without loading an image. The sample seed, unique to the image's position in
-    the stream, seeds its augmentation: the same with one process or several.
-    """
-    epoch, step = divmod(iteration, _steps_per_epoch(num_items, batch_size, world_size))
-    return _take(epoch_order(num_items, seed, epoch), seed, epoch, step, batch_size, rank,
-                 world_size)
-
-
-def _steps_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
-    if batch_size % world_size:
-        raise ValueError(f"solver.batch_size={batch_size} does not split over {world_size} "
-                         f"processes; use a multiple of {world_size}")
-    if num_items < batch_size:
-        raise ValueError(f"the dataset has {num_items} images, fewer than one batch of "
-                         f"{batch_size}")
-    return num_items // batch_size
-
-
-def _take(order: torch.Tensor, seed: int, epoch: int, step: int, batch_size: int, rank: int,
-          world_size: int) -> List[Tuple[int, int]]:
-    share = batch_size // world_size
-    first = step * batch_size + rank * share  # position in the epoch's order
-    return [(index, (seed * 1_000_003 + epoch) * 1_000_003 + first + k)
-            for k, index in enumerate(order[first:first + share].tolist())]
-
-
-class _SeededItems(Dataset):
-    """``dataset[(index, sample_seed)]``: ``dataset[index]`` with torch's global generator seeded
-    by ``sample_seed`` (then put back), so random transforms repeat exactly in any process."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __getitem__(self, item):
-        index, sample_seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.dataset[index]
-
-
-def batches(dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0,
-            start_iter: int = 0, rank: int = 0, world_size: int = 1) -> Iterator:
-    """An endless stream of ``(images, targets)`` from iteration ``start_iter`` on: process
-    ``rank``'s share of each batch of :func:`batch_indices` (``batch_size`` is the total)."""
-    steps = _steps_per_epoch(len(dataset), batch_size, world_size)
-    epoch, step = divmod(start_iter, steps)
-    while True:
-        order = epoch_order(len(dataset), seed, epoch)
-        plan = [_take(order, seed, epoch, s, batch_size, rank, world_size)
-                for s in range(step, steps)]
-        # Its own generator: a DataLoader otherwise draws a seed from torch's global one.
-        loader = DataLoader(_SeededItems(dataset), batch_sampler=plan, num_workers=num_workers,
-                            collate_fn=collate, generator=torch.Generator().manual_seed(seed))
-        yield from loader
-        epoch, step = epoch + 1, 0
-
-
-# ----------------------------------------------------------------------------- the loop
 
 
 def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[int] = None,
@@ -287,8 +146,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
             for entry in entries:
                 log.append(entry)
                 if main and run is not None:
-                    with open(run / METRICS_FILE, "a") as file:
-                        file.write(json.dumps(_plain(entry)) + "\n")
+                    append_jsonl(run / LOG_FILE, entry)
                 if on_log is not None and main:
                     on_log(entry)
             if run is not None and (done % period == 0 or done == max_iter):
@@ -304,7 +162,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
         if world > 1:
             model.reduce_mean = previous_reduce
     if main and run is not None:
-        _plot(log, run / CURVE_FILE)
+        save_loss_curve(log, run / CURVE_FILE)
     return log
 
 
@@ -324,7 +182,7 @@ def _open_run(run: Path, cfg: Config, resume: bool, model, optimizer, scaler, ma
             _note(main, f"starting a new run in {run}: its {CHECKPOINT_FILE} will be replaced "
                         f"(resume=True continues it)")
         if main:
-            (run / METRICS_FILE).write_text("")
+            (run / LOG_FILE).write_text("")
         return 0, [], state
     data = ckpt.load_checkpoint(path)
     ckpt.load_state_dict(model, data["model"], path)
@@ -335,12 +193,14 @@ def _open_run(run: Path, cfg: Config, resume: bool, model, optimizer, scaler, ma
     start = int(data["iteration"])
     state = {"running": dict(extra.get("running", {})), "count": int(extra.get("count", 0)),
              "elapsed": float(extra.get("elapsed", 0.0))}
-    log, metrics = [], run / METRICS_FILE
+    log, metrics = [], run / LOG_FILE
     if main and metrics.exists():  # drop the lines written after the checkpoint
         log = [entry for entry in map(_parse, metrics.read_text().splitlines())
                if entry is not None and entry["iter"] <= start]
         rewritten = metrics.with_suffix(".jsonl.tmp")  # replaced in one step, like last.pt
-        rewritten.write_text("".join(json.dumps(entry) + "\n" for entry in log))
+        rewritten.write_text("")
+        for entry in log:  # the same line writer as the loop's
+            append_jsonl(rewritten, entry)
         os.replace(rewritten, metrics)
     ckpt.restore_rng(data["rng"])
     _note(main, f"resuming from {path} at iteration {start}")
@@ -390,35 +250,6 @@ def _postfix(running: Dict[str, float], count: int) -> str:
     """``loss 1.234 | cls 0.5 loc 0.3 ...``: the running means of the current log period."""
     terms = {k.replace("loss_", "").replace("fcos_", ""): v / count for k, v in running.items()}
     return f"loss {sum(terms.values()):.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in terms.items())
-
-
-def _plain(value):
-    """JSON-ready data: tensors and NumPy numbers become floats, NaN/inf become null."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # tensors, NumPy arrays and scalars
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _plot(log: List[Dict], path: Path) -> None:
-    """The loss curve of the training entries as a PNG (a pyplot-free figure: the caller's
-    backend, e.g. a notebook's, is left alone)."""
-    from matplotlib.figure import Figure
-
-    from blendmask_edu.visualize import plot_losses
-
-    entries = [entry for entry in log if not entry.get("eval")]
-    if not entries:
-        return
-    figure = Figure(figsize=(6, 3.2))
-    plot_losses(entries, ax=figure.subplots())
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
 
 
 def _note(main: bool, message: str) -> None:

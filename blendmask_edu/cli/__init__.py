@@ -1,0 +1,1 @@
+"""The ``blendmask-edu`` command line: parsing (``main``) apart from what it orchestrates."""

@@ -1,0 +1,137 @@
+"""What the commands share: the one-line usage error, presets and their overrides, the device,
+opening a dataset split, fitting the categories to the data, and printing metrics.
+
+Heavy modules are imported inside the functions that use them, so that ``--help`` and a command
+that does not need them start without loading them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+from blendmask_edu.data.errors import DatasetError
+
+
+class UsageError(Exception):
+    """A wrong command-line argument (preset, override, device, ...): reported in one line."""
+
+
+def preset(name: str):
+    """The :class:`~blendmask_edu.config.Config` of preset ``name``; UsageError listing the
+    presets for an unknown one."""
+    from blendmask_edu.presets import get_config
+
+    try:
+        return get_config(name)
+    except ValueError as error:  # the message lists the presets
+        raise UsageError(str(error)) from None
+
+
+def parse_overrides(extra: Sequence[str]) -> List[Tuple[str, str]]:
+    """``["--solver.base_lr", "0.01", "--seed=3"]`` → ``[("solver.base_lr", "0.01"), ("seed", "3")]``;
+    dashes in a key become underscores. UsageError for a token that is not an override."""
+    pairs, i = [], 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or token == "--":
+            raise UsageError(f"unexpected argument {token!r}; config overrides are written "
+                             f"--section.key value (e.g. --solver.base_lr 0.01)")
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if i + 1 >= len(extra):
+                raise UsageError(f"--{key} needs a value")
+            i += 1
+            value = extra[i]
+        pairs.append((key.replace("-", "_"), value))
+        i += 1
+    return pairs
+
+
+def apply_overrides(cfg, pairs: Sequence[Tuple[str, str]]):
+    """``cfg`` (a Config) with each ``(dotted key, text)`` applied by :func:`config.override`
+    (which checks the key and the value's type); a wrong one is a UsageError, reported in one
+    line."""
+    from blendmask_edu.config import override
+
+    for key, text in pairs:
+        try:
+            cfg = override(cfg, key, text)
+        except ValueError as error:
+            raise UsageError(f"--{error}") from None
+    return cfg
+
+
+def choose_device(name: Optional[str]):
+    """The ``torch.device`` of ``--device`` (``cpu``, ``cuda`` or None: CUDA when available);
+    UsageError for ``cuda`` on a machine without it."""
+    import torch
+
+    from blendmask_edu.utils import pick_device
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    return pick_device(name)
+
+
+def open_split(root: Union[str, Path], split: str, transforms=None, include_empty: bool = True,
+               panoptic: Optional[bool] = False):
+    """The ``split`` of the COCO-layout dataset at ``root`` as a ``CocoInstances``, or
+    DatasetError saying how to make or where to put the data. ``panoptic``: False, instances
+    only; True, with the panoptic semantic labels, which must be there (UsageError); None, with
+    them if they are there."""
+    from blendmask_edu.data.coco import CocoInstances
+    from blendmask_edu.data.files import dataset_paths
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, f"data folder not found; make the shapes dataset with "
+                                 f"`blendmask-edu data shapes --out {root}`, or put COCO files "
+                                 f"there: images in {root / split}/ and "
+                                 f"{root / 'annotations'}/instances_{split}.json")
+    paths = dataset_paths(root, split)
+    if panoptic is None:
+        panoptic = paths.panoptic is not None and paths.panoptic_dir is not None
+    if panoptic and (paths.panoptic is None or paths.panoptic_dir is None):
+        raise UsageError(f"{root}: the model is panoptic, but there is no "
+                         f"{root / 'annotations'}/panoptic_{split}.json with its PNG folder "
+                         f"panoptic_{split}/; add them, or train with --panoptic.enabled false")
+    return CocoInstances(paths.images_dir, paths.instances,
+                         paths.panoptic if panoptic else None,
+                         paths.panoptic_dir if panoptic else None, transforms=transforms,
+                         include_empty=include_empty)
+
+
+def fit_categories(cfg, dataset):
+    """``cfg`` (a Config) with the thing (and, for a panoptic model, stuff) categories of
+    ``dataset`` (a CocoInstances) when they differ from the preset's: the classifier needs C
+    outputs and the results files the dataset's real ids. Each change is printed."""
+    categories = dataset.categories
+    ids, names = tuple(categories.thing_ids), tuple(categories.thing_names)
+    if (cfg.num_classes, tuple(cfg.category_ids), tuple(cfg.class_names)) != (len(ids), ids, names):
+        print(f"classes from the data ({len(ids)}): {', '.join(names)}")
+        cfg = dataclasses.replace(cfg, num_classes=len(ids), category_ids=ids, class_names=names)
+    stuff = tuple(categories.stuff_ids), tuple(categories.semantic_names[1:])
+    if cfg.panoptic.enabled and (tuple(cfg.panoptic.stuff_ids), tuple(cfg.panoptic.stuff_names)) != stuff:
+        print(f"stuff classes from the data ({len(stuff[0])}): {', '.join(stuff[1])}")
+        cfg = dataclasses.replace(cfg, panoptic=dataclasses.replace(
+            cfg.panoptic, stuff_ids=stuff[0], stuff_names=stuff[1]))
+    return cfg
+
+
+def print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
+    """Print the AP table of ``metrics`` (the dict of ``evaluate_coco``), for a panoptic model
+    the paper's Table 1 row too, and the files written into ``out``."""
+    from blendmask_edu.evaluation.coco import RESULTS_FILE
+    from blendmask_edu.evaluation.evaluate import PR_CURVE_FILE
+    from blendmask_edu.evaluation.metrics import METRICS_FILE
+    from blendmask_edu.evaluation.tables import format_metrics
+
+    backbone = f"R-{cfg.backbone.depth}" + (f" (width {cfg.backbone.width})"
+                                             if cfg.backbone.width != 64 else "")
+    print(format_metrics(metrics, backbone=backbone))
+    files = [out / METRICS_FILE, out / RESULTS_FILE, out / PR_CURVE_FILE]
+    if "PQ" in metrics:
+        files += [out / f"panoptic_{split}.json", out / f"panoptic_{split}"]
+    print("wrote " + ", ".join(map(str, files)))

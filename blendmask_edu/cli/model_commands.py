@@ -1,0 +1,229 @@
+"""The model commands: ``train``, ``evaluate``, ``predict`` and ``demo``, as orchestration.
+
+Each ``cmd_*`` takes the parsed arguments (``argparse.Namespace``, options as in
+:func:`blendmask_edu.cli.main.build_parser`; ``args.overrides`` holds the
+``(dotted key, text)`` config overrides) and returns the exit code 0. The work is done by the
+library: :mod:`blendmask_edu.training` trains, :mod:`blendmask_edu.evaluation` predicts and
+measures, :mod:`blendmask_edu.visualize` draws. Heavy modules are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Union
+
+from blendmask_edu.cli.common import (UsageError, apply_overrides, choose_device, fit_categories,
+                                      open_split, preset, print_metrics)
+from blendmask_edu.data.errors import DatasetError
+
+DEFAULT_DATA = "data/shapes"
+DEMO_PRESET = "tiny"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _training_sets(data, cfg):
+    """(train split with the training transforms, val split) of the dataset at ``data``."""
+    from blendmask_edu.data.transforms import build_train_transforms
+
+    transforms = build_train_transforms(cfg.input.train_short_sizes, cfg.input.train_max_size,
+                                        cfg.input.flip_prob)
+    # Images without any object teach nothing here (the official recipe drops them too).
+    panoptic = cfg.panoptic.enabled
+    train_set = open_split(data, "train", transforms, include_empty=False, panoptic=panoptic)
+    if len(train_set) < cfg.solver.batch_size:
+        raise UsageError(f"{data}: {len(train_set)} training images with objects, fewer than one "
+                         f"batch of {cfg.solver.batch_size}; add images or lower --solver.batch_size")
+    return train_set, open_split(data, "val", panoptic=panoptic)
+
+
+def _run_training(args, cfg, data):
+    """Train ``cfg`` on ``data`` into ``args.out`` and evaluate on val; returns
+    (model, cfg, val set, log of the whole run, metrics, training seconds of the whole run)."""
+    from blendmask_edu.config import describe
+    from blendmask_edu.evaluation.evaluate import evaluate_coco
+    from blendmask_edu.modeling.model import build_model
+    from blendmask_edu.training.distributed import get_rank, init_distributed
+    from blendmask_edu.training.engine import train
+    from blendmask_edu.utils import seed_everything
+
+    # Under torchrun every process joins the group and takes its device (cuda:LOCAL_RANK or cpu).
+    device = init_distributed(choose_device(args.device).type)
+    train_set, val_set = _training_sets(data, cfg)
+    cfg = fit_categories(cfg, train_set)
+    print(describe(cfg))
+    print(f"device {device}, {len(train_set)} train / {len(val_set)} val images from {data}")
+    seed_everything(cfg.seed)
+    model = build_model(cfg)
+    start = time.perf_counter()
+    log = train(model, train_set, cfg, max_iter=args.max_iter, device=device,
+                progress=not args.quiet, out_dir=args.out, resume=args.resume,
+                checkpoint_period=args.checkpoint_period)
+    # A resumed run's log covers the whole run, its "time" the training time of all sessions.
+    seconds = next((e["time"] for e in reversed(log) if "time" in e), time.perf_counter() - start)
+    if get_rank() != 0:  # one process evaluates and writes the files
+        return model, cfg, val_set, log, {}, seconds
+    metrics = evaluate_coco(model, val_set, cfg.input.test_short_size, cfg.input.test_max_size,
+                            device=device, progress=not args.quiet, out_dir=args.out)
+    return model, cfg, val_set, log, metrics, seconds
+
+
+def cmd_train(args) -> int:
+    """``train``: a preset with overrides, trained into ``--out`` and evaluated on val."""
+    from blendmask_edu.training.engine import CHECKPOINT_FILE
+
+    cfg = apply_overrides(preset(args.preset), args.overrides)
+    _, _, _, log, metrics, seconds = _run_training(args, cfg, args.data)
+    if not metrics:  # a torchrun process other than the first
+        return 0
+    if log:
+        print(f"trained to iteration {log[-1]['iter']} in {seconds:.0f} s; "
+              f"checkpoint {Path(args.out) / CHECKPOINT_FILE}")
+    print_metrics(metrics, Path(args.out), cfg)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``demo``: generate shapes (if missing), train the tiny preset, evaluate, write the report.
+
+    Training resumes from OUT/last.pt when it exists: an interrupted demo continues where it
+    stopped, and a finished one is only evaluated and reported again. Delete OUT to start over.
+    """
+    from blendmask_edu.data.synthetic import ensure_shapes
+    from blendmask_edu.evaluation.report import write_report
+
+    start = time.perf_counter()
+    cfg = apply_overrides(preset(DEMO_PRESET), args.overrides)
+    data = ensure_shapes(args.data, num_train=args.train, num_val=args.val, size=args.size,
+                         progress=not args.quiet)
+    args.resume, args.checkpoint_period = True, None
+    model, cfg, val_set, log, metrics, seconds = _run_training(args, cfg, data)
+    out = Path(args.out)
+    notes = [f"device {next(model.parameters()).device}; data {data} "
+             f"({args.train} train / {args.val} val images of {args.size} px)"]
+    report = write_report(out, model, val_set, log, metrics, cfg, train_seconds=seconds,
+                          notes=notes)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s (training {seconds:.0f} s)")
+    print_metrics(metrics, out, cfg)
+    print(f"report: {report}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- a checkpoint
+
+
+def _category_ids(cfg) -> list:
+    """The dataset ids the model's classes stand for (1..C when the config names none)."""
+    return list(cfg.category_ids) or list(range(1, cfg.num_classes + 1))
+
+
+def _load(args):
+    """(model in eval mode, its Config) of ``--checkpoint`` on ``--device``."""
+    from blendmask_edu.training.checkpoint import load_model
+
+    if args.preset is not None:
+        preset(args.preset)  # an unknown name is a usage error, before the file is read
+    return load_model(args.checkpoint, device=choose_device(args.device), preset=args.preset)
+
+
+def cmd_evaluate(args) -> int:
+    """``evaluate``: a checkpoint's AP (and PQ, for a panoptic model) on a split."""
+    from blendmask_edu.evaluation.evaluate import evaluate_coco
+
+    model, cfg = _load(args)
+    # A panoptic model gets PQ where the data has panoptic ground truth, AP everywhere.
+    dataset = open_split(args.data, args.split, panoptic=None if cfg.panoptic.enabled else False)
+    predicted = _category_ids(cfg)
+    if not set(predicted) & set(dataset.categories.thing_ids):
+        raise UsageError(f"{args.checkpoint}: the model predicts category ids {predicted}, none "
+                         f"of which is in {dataset.instances_json} ({dataset.categories.thing_ids})")
+    metrics = evaluate_coco(model, dataset, cfg.input.test_short_size, cfg.input.test_max_size,
+                            progress=not args.quiet, out_dir=args.out, split=args.split)
+    print(f"{args.checkpoint} (preset {cfg.name}) on {len(dataset)} {args.split} images of {args.data}")
+    print_metrics(metrics, Path(args.out), cfg, args.split)
+    return 0
+
+
+def read_image_file(path: Union[str, Path]):
+    """An image file → uint8 tensor [3, H, W] (grayscale, palette and RGBA become RGB), or
+    DatasetError naming the file."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "image file not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "P":
+                image = image.convert("RGBA")
+            rgb = np.array(image.convert("RGB"), dtype=np.uint8)
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
+        raise DatasetError(path, f"cannot read the image ({type(error).__name__}: {error})") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def cmd_predict(args) -> int:
+    """``predict``: one PNG per image with its detections (and panoptic map), and the
+    detections above ``--score-thresh`` in ``coco_instances_results.json``."""
+    from blendmask_edu.evaluation.coco import RESULTS_FILE, to_coco_results
+    from blendmask_edu.evaluation.inference import detect
+    from blendmask_edu.fileio import write_json
+    from blendmask_edu.visualize import category_colors
+
+    images = [read_image_file(path) for path in args.images]  # every file checked first
+    model, cfg = _load(args)
+    names = dict(zip(_category_ids(cfg), cfg.class_names))
+    stuff_names = dict(zip(cfg.panoptic.stuff_ids, cfg.panoptic.stuff_names))
+    colors = category_colors(list(names) + list(stuff_names))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, used = [], set()
+    for index, (path, image) in enumerate(zip(map(Path, args.images), images)):
+        image = image.float().div(255)
+        det = detect(model, [image], cfg.input.test_short_size, cfg.input.test_max_size)[0]
+        panoptic, _ = det.pop("panoptic", None), det.pop("sem_seg", None)
+        keep = det["scores"] >= args.score_thresh
+        det = {k: v[keep] for k, v in det.items()}
+        image_id = int(path.stem) if path.stem.isdigit() else index
+        results += to_coco_results(det, image_id)
+        name = path.stem if path.stem not in used else f"{path.stem}_{index}"
+        used.add(name)
+        _save_prediction(out / f"{name}.png", path.name, image, det, panoptic, names,
+                         stuff_names, colors, args.score_thresh, cfg.panoptic.score_thresh)
+        print(f"{path}: {len(det['scores'])} detections"
+              + (f", {len(panoptic[1])} panoptic segments" if panoptic is not None else "")
+              + f" → {out / (name + '.png')}")
+    write_json(out / RESULTS_FILE, results)
+    print(f"wrote {out / RESULTS_FILE} ({len(results)} detections)")
+    return 0
+
+
+def _save_prediction(target: Path, title: str, image, det, panoptic, names, stuff_names, colors,
+                     score_thresh: float, fusion_thresh: float) -> None:
+    """The detections ``det`` on ``image`` (float [3, H, W]) and, beside them, the panoptic map
+    ``(segment ids [H, W], segments info)`` if there is one, saved as one PNG."""
+    import matplotlib.pyplot as plt
+
+    from blendmask_edu.visualize import draw_detections, draw_panoptic
+
+    height, width = image.shape[-2:]
+    panels = 1 if panoptic is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 6.0 * height / width),
+                             squeeze=False)
+    draw_detections(image, det, names, score_thresh, ax=axes[0, 0],
+                    title=f"{title}: {len(det['scores'])} detections ≥ {score_thresh}")
+    if panoptic is not None:  # the fusion keeps instances ≥ its own threshold
+        ids, segments = panoptic
+        things = sum(s["isthing"] for s in segments)
+        draw_panoptic(ids.numpy(), segments, colors, thing_ids=list(names),
+                      names={**names, **stuff_names}, ax=axes[0, 1],
+                      title=f"panoptic: {things} things, {len(segments) - things} stuff "
+                            f"(instances ≥ {fusion_thresh})")
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
