@@ -46,11 +46,12 @@ def write_json(path: PathLike, data: Any, indent: Optional[int] = None,
                canonical: bool = False) -> None:
     """Write ``data`` to ``path`` as strict JSON and a final newline, atomically; the folder is
     created if needed. ``indent`` for people, ``canonical`` for reproducible bytes."""
+    text = _dumps(data, indent, canonical) + "\n"  # fails, if it does, before any file is made
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "w", encoding="utf-8", newline="\n") as file:
-        file.write(_dumps(data, indent, canonical) + "\n")
+        file.write(text)
     os.replace(temporary, path)
 
 

@@ -1,8 +1,10 @@
-"""Pictures of what the code does: images with instance masks, panoptic maps, dataset statistics.
+"""Pictures of what the code sees and makes: images with instance masks and detections, panoptic
+and semantic maps, FCOS locations, bases and attention maps, dataset statistics.
 
 Every function draws into a matplotlib ``Axes`` (made if not given) and returns it, so notebooks
-can lay pictures out in grids and the demo report can save them. Later stages add pictures of
-bases, attentions, blended masks and loss curves here. Introduced in ``notebooks/00_data.ipynb``.
+can lay pictures out in grids and the demo report can save them. Curves of what a run measured
+(losses, precision–recall) are in :mod:`blendmask_edu.plots`. Introduced in
+``notebooks/00_data.ipynb``.
 """
 
 from __future__ import annotations
@@ -215,37 +217,6 @@ def draw_level_map(image, values: torch.Tensor, stride: int, ax=None, title: str
     return ax
 
 
-def plot_losses(log: Sequence[Mapping[str, float]], ax=None, title: str = "training losses"):
-    """Each ``loss_*`` of a training log (list of dicts with ``iter``) and their sum, log scale."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.2))
-    iters = [entry["iter"] for entry in log]
-    for key in sorted(k for k in log[0] if k.startswith("loss")):
-        ax.plot(iters, [entry[key] for entry in log], label=key,
-                linewidth=2.0 if key == "loss" else 1.2)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
-    return ax
-
-
-def save_loss_curve(log: Sequence[Mapping[str, float]], path) -> bool:
-    """The training entries of a run's log (those with ``loss``) drawn by :func:`plot_losses`
-    into a PNG at ``path`` (a run's ``loss_curve.png``); False, and nothing written, when there
-    are none. Drawn on a pyplot-free ``Figure``, so a notebook's own figures are left alone."""
-    from matplotlib.figure import Figure
-
-    entries = [entry for entry in log if "loss" in entry and not entry.get("eval")]
-    if not entries:
-        return False
-    figure = Figure(figsize=(6, 3.2))
-    plot_losses(entries, ax=figure.subplots())
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return True
-
-
 def draw_map(values: torch.Tensor, ax=None, title: str = "", cmap: str = "RdBu_r",
              symmetric: bool = True, colorbar: bool = False):
     """One real-valued map ``[h, w]`` (a basis, an attention, a blended mask) as a heat map;
@@ -280,29 +251,6 @@ def draw_bases(image, bases: torch.Tensor, axes: Optional[Sequence] = None,
     return axes[0].figure
 
 
-def plot_precision_recall(recall: Sequence[float], curves: Mapping[str, Sequence[float]],
-                          ax=None, title: str = "precision–recall"):
-    """Precision against recall, one line per ``{label: precision [R]}`` at the R ``recall``
-    points (see :func:`blendmask_edu.evaluation.evaluate.precision_curves`); each label shows the curve's
-    mean (its AP, in percent). NaN (a recall never reached) leaves a gap."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 3.6))
-    recall = np.asarray(recall, dtype=np.float64)
-    for label, precision in curves.items():
-        precision = np.asarray(precision, dtype=np.float64)
-        area = 100.0 * np.nan_to_num(precision, nan=0.0).mean()
-        ax.plot(recall, precision, label=f"{label}  AP {area:.1f}", linewidth=1.5)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(title, fontsize=10)
-    return ax
-
-
 def draw_detections(image, detection: Mapping[str, torch.Tensor],
                     names: Optional[Mapping[int, str]] = None, score_thresh: float = 0.3,
                     ax=None, title: Optional[str] = None):
@@ -317,37 +265,3 @@ def draw_detections(image, detection: Mapping[str, torch.Tensor],
     masks = masks.detach().cpu()[keep][:, 0] if masks is not None else None  # [D', H, W]
     return draw_instances(image, masks, detection["boxes"].detach().cpu()[keep], texts, ax=ax,
                           title=title)
-
-
-class LiveLossPlot:
-    """A loss plot that redraws in place while training runs (Jupyter), for ``train(on_log=…)``.
-
-    ``plot = LiveLossPlot(every=50)``, then ``train(..., on_log=plot.update)``; ``plot.close()``
-    at the end leaves the final picture in the notebook. Outside IPython it only collects.
-    """
-
-    def __init__(self, every: int = 50, title: str = "training losses (live)"):
-        self.every, self.title, self.log = every, title, []
-        self.fig, self.ax = plt.subplots(figsize=(6, 3.2))
-        self.handle = None
-        try:
-            from IPython.display import display
-            self.handle = display(self.fig, display_id=True)
-        except ImportError:  # plain Python: nothing to show
-            pass
-
-    def update(self, entry: Mapping[str, float]) -> None:
-        self.log.append(dict(entry))
-        if entry["iter"] % self.every == 0:
-            self._draw()
-
-    def _draw(self) -> None:
-        self.ax.clear()
-        plot_losses(self.log, ax=self.ax, title=f"{self.title}: iteration {self.log[-1]['iter']}")
-        if self.handle is not None:
-            self.handle.update(self.fig)
-
-    def close(self) -> None:
-        if self.log:
-            self._draw()
-        plt.close(self.fig)

@@ -22,6 +22,7 @@ from torch import nn
 from blendmask_edu import build_model, get_config
 from blendmask_edu.data.coco import CocoInstances
 from blendmask_edu.data.files import dataset_paths
+from blendmask_edu.utils import unwrap
 
 BATCH = 4
 
@@ -60,7 +61,7 @@ def dataset(root):
 
 def first_batch(data, seed, rank=0, world_size=1):
     """This process's share of the first batch of the training stream."""
-    from blendmask_edu.training.engine import batch_indices
+    from blendmask_edu.training.sampling import batch_indices
 
     images, targets = zip(*[data[i] for i, _ in batch_indices(len(data), BATCH, seed, 0, rank,
                                                               world_size)])
@@ -72,13 +73,13 @@ def gradients(model, images, targets):
     model.train()
     model.zero_grad(set_to_none=True)
     sum(model(images, targets).values()).backward()
-    inner = model.module if hasattr(model, "module") else model
-    return {name: p.grad.detach().clone() for name, p in inner.named_parameters()
+    return {name: p.grad.detach().clone() for name, p in unwrap(model).named_parameters()
             if p.grad is not None}
 
 
 def main(shapes: str, out: str) -> None:
-    from blendmask_edu.training.engine import get_rank, get_world_size, init_distributed, reduce_mean, train
+    from blendmask_edu.training.distributed import get_rank, get_world_size, init_distributed, reduce_mean
+    from blendmask_edu.training.engine import train
 
     device = init_distributed("cpu")
     rank, world = get_rank(), get_world_size()

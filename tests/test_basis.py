@@ -31,7 +31,7 @@ def test_bases_shape_stride_4(size, num_bases):
     out = module(pyramid(*size))
     h, w = size
     assert out["bases"].shape == (2, num_bases, h // 4, w // 4)
-    assert out["sem_logits"].shape == (2, 6, h // 8, w // 8)
+    assert out["thing_logits"].shape == (2, 6, h // 8, w // 8)
 
 
 def test_extra_levels_are_ignored_and_too_few_rejected():
@@ -88,8 +88,8 @@ def test_bases_are_linear_and_bn_runs_on_cpu_train_and_eval():
     train = module.train()(features)
     assert (train["bases"] < 0).any() and (train["bases"] > 0).any()  # no ReLU/sigmoid at the end
     evaluated = module.eval()(features)
-    assert evaluated["sem_logits"] is None  # head runs in training only, unless asked
-    assert module(features, with_semantic=True)["sem_logits"].shape == (2, 4, 16, 16)
+    assert evaluated["thing_logits"] is None  # head runs in training only, unless asked
+    assert module(features, with_semantic=True)["thing_logits"].shape == (2, 4, 16, 16)
     assert torch.isfinite(evaluated["bases"]).all()
     assert not torch.allclose(train["bases"], evaluated["bases"])  # running stats vs batch stats
 
@@ -97,20 +97,20 @@ def test_bases_are_linear_and_bn_runs_on_cpu_train_and_eval():
 def test_batch_of_one_in_training():
     torch.manual_seed(0)
     out = BasisModule(CIN, channels=8, semantic_classes=3).train()(pyramid(64, 64, n=1))
-    assert out["bases"].shape == (1, 4, 16, 16) and out["sem_logits"].shape == (1, 3, 8, 8)
+    assert out["bases"].shape == (1, 4, 16, 16) and out["thing_logits"].shape == (1, 3, 8, 8)
 
 
 def test_semantic_head_off():
     module = BasisModule(CIN, channels=8, semantic_classes=None)
     assert module.semantic_head is None
-    assert module.train()(pyramid(64, 64))["sem_logits"] is None
+    assert module.train()(pyramid(64, 64))["thing_logits"] is None
 
 
 def test_gradients_reach_every_refine_layer_and_the_semantic_head():
     torch.manual_seed(0)
     module = BasisModule(CIN, channels=8, semantic_classes=3).train()
     out = module(pyramid(64, 64))
-    (out["bases"].square().mean() + out["sem_logits"].mean()).backward()
+    (out["bases"].square().mean() + out["thing_logits"].mean()).backward()
     for name, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -179,7 +179,7 @@ def test_runs_under_autocast():
                                      [torch.tensor([1])] * 2, (64, 64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(pyramid(64, 64))
-        loss = basis_semantic_loss(out["sem_logits"], targets)
+        loss = basis_semantic_loss(out["thing_logits"], targets)
     assert out["bases"].shape == (2, 4, 16, 16) and loss.dtype == torch.float32
     loss.backward()
 

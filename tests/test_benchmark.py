@@ -1,27 +1,35 @@
 """benchmarks/speed.py runs end to end: a smoke test of ``--quick`` (64² images, one repeat —
-it exercises every section of the script and measures nothing worth reading).
+it exercises every section of the script and measures nothing worth reading); the memory worker
+process and the stage table of the model's own stage methods, on their own.
 
 One thread: two threads on a machine whose cores are busy with other work can make every small
 op wait for a time slice (R-50 at 64² took 2.9 s instead of 60 ms that way)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+import torch
+
+from blendmask_edu import build_model
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SPEED = BENCHMARKS / "speed.py"
 MODELS = {"blendmask_r50", "fcos_r50", "maskrcnn_tv", "fcos_tv", "blendmask_tiny"}
+BLENDMASK_STAGES = ["normalise/pad", "backbone+FPN", "FCOS head", "bottom module",
+                    "FCOS post-process (threshold, top-k, NMS)", "top module (at the detections)",
+                    "blender + paste", "semantic head + panoptic fusion"]
 
 
-def load_speed():
-    spec = importlib.util.spec_from_file_location("speed", SPEED)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
+def load(name, monkeypatch):
+    """A module of benchmarks/, imported as speed.py imports its siblings: by their folder on
+    sys.path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def test_quick_run_prints_and_saves_every_section(tmp_path):
@@ -44,9 +52,21 @@ def test_quick_run_prints_and_saves_every_section(tmp_path):
     assert result["meta"]["threads"] == 1
 
 
-def test_memory_worker_reports_peaks():
-    speed = load_speed()
+def test_memory_worker_reports_peaks(monkeypatch):
+    speed, memory = load("speed", monkeypatch), load("memory", monkeypatch)
     args = speed.parse_args(["--quick", "--threads", "1"])
-    memory = speed.measure_memory(args, ["blendmask_tiny"])
-    peaks = memory["blendmask_tiny"]
+    peaks = memory.measure_memory(args, ["blendmask_tiny"])["blendmask_tiny"]
     assert 0 < peaks["after_build_mb"] <= peaks["peak_inference_mb"] <= peaks["peak_train_mb"]
+
+
+def test_stage_table_runs_the_models_own_stages(monkeypatch):
+    """Every row of the panoptic tiny model, in forward's order; ``staged_breakdown`` asserts
+    that the staged run gives ``model(images)``'s boxes and masks."""
+    peers, stages = load("peers", monkeypatch), load("stages", monkeypatch)
+    torch.manual_seed(0)
+    model = build_model(peers.our_config("tiny", 5)).eval()
+    images = peers.make_images(64, 1, "cpu")
+    table = stages.staged_breakdown(model, images, stages.blendmask_stages, 0, 1,
+                                    torch.device("cpu"))
+    assert list(table) == BLENDMASK_STAGES
+    assert all(v["ms"] >= 0 and v["cpu_ms"] >= 0 for v in table.values())

@@ -33,11 +33,13 @@ def test_contract_losses_and_predictions(two_images):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.eval()
     with torch.no_grad():
-        out = model([images[0], torch.rand(3, 200, 249)], return_internals=True)
-    for det, (height, width) in zip(out, [(128, 128), (200, 249)]):
+        out = model([images[0], torch.rand(3, 200, 249)])
+        bases = model.bases_of([images[0], torch.rand(3, 200, 249)])
+    for det, image_bases, (height, width) in zip(out, bases, [(128, 128), (200, 249)]):
         count = len(det["scores"])
         assert det["masks"].shape == (count, 1, height, width)
-        assert det["bases"].shape == (4, -(-height // 4), -(-width // 4))
+        assert det["attentions"].shape == (count, 4 * 7 * 7)
+        assert image_bases.shape == (4, -(-height // 4), -(-width // 4))
 
 
 def _mask_iou(pred, gt):

@@ -185,8 +185,8 @@ def test_bad_checkpoint_from_the_shell_has_no_traceback(small_shapes, tmp_path):
 
 
 def test_overrides_parse_and_type_check():
-    from blendmask_edu.cli.main import UsageError, apply_overrides, parse_overrides
-    from blendmask_edu.config import get_config
+    from blendmask_edu.cli.common import UsageError, apply_overrides, parse_overrides
+    from blendmask_edu.presets import get_config
 
     pairs = parse_overrides(["--solver.base_lr", "0.01", "--blendmask.num-bases=8",
                              "--fcos.sizes_of_interest", "[16, 40]", "--solver.clip_grad_norm", "null"])

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from blendmask_edu.config import (PRESETS, describe, from_dict, get_config, load_config, override,
-                                  save_config, to_dict)
+from blendmask_edu.config import describe, from_dict, load_config, override, save_config, to_dict
+from blendmask_edu.presets import PRESETS, get_config
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -41,6 +41,17 @@ def test_override_parses_types_and_rejects_unknown_keys():
     assert override(cfg, "blendmask.pooler", "roi_pool").blendmask.pooler == "roi_pool"
     with pytest.raises(ValueError, match="unknown Config key"):
         from_dict({**to_dict(cfg), "typo": 1})
+
+
+def test_override_rejects_a_string_for_a_list_and_a_bool_for_a_number():
+    cfg = get_config("tiny")
+    with pytest.raises(ValueError, match="expected a list of str"):
+        override(cfg, "panoptic.stuff_names", "sky")  # not ("s", "k", "y")
+    with pytest.raises(ValueError, match="expected float"):
+        override(cfg, "solver.base_lr", "true")  # not 1.0
+    with pytest.raises(ValueError, match="expected a list of float"):
+        override(cfg, "fcos.sizes_of_interest", "[true, 2]")
+    assert override(cfg, "panoptic.stuff_names", '["sky"]').panoptic.stuff_names == ("sky",)
 
 
 def test_get_config_unknown_and_fresh_copies():

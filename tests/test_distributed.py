@@ -18,9 +18,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from blendmask_edu.training.checkpoint import load_checkpoint
 from blendmask_edu.data.synthetic import generate_shapes
-from blendmask_edu.training.engine import get_rank, get_world_size, reduce_mean, train
+from blendmask_edu.training.checkpoint import load_checkpoint
+from blendmask_edu.training.distributed import (get_rank, get_world_size, init_distributed,
+                                                reduce_mean)
+from blendmask_edu.training.engine import train
 
 import distributed_worker as worker
 
@@ -35,10 +37,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_one_process_helpers_are_identities():
+def test_one_process_helpers_are_identities(monkeypatch):
     assert (get_rank(), get_world_size()) == (0, 1)
     x = torch.tensor([1.0, 2.0])
     assert reduce_mean(x) is x
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # not under torchrun: no group is joined
+    assert init_distributed("cpu") == torch.device("cpu") and not dist.is_initialized()
 
 
 def test_two_processes_match_one_on_the_whole_batch(tmp_path):

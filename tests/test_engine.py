@@ -15,14 +15,17 @@ import torch
 from torch import nn
 
 from blendmask_edu import build_model
-from blendmask_edu.training.checkpoint import load_checkpoint
-from blendmask_edu.config import SolverConfig, get_config, load_config, save_config
+from blendmask_edu.config import SolverConfig, load_config, save_config
 from blendmask_edu.data.coco import CocoInstances
 from blendmask_edu.data.files import dataset_paths
 from blendmask_edu.data.synthetic import generate_shapes
 from blendmask_edu.data.transforms import build_train_transforms
-from blendmask_edu.training.engine import batch_indices, batches, build_optimizer, lr_factor, train
-from blendmask_edu.modeling.model import build_fcos
+from blendmask_edu.modeling.detector import build_fcos
+from blendmask_edu.presets import get_config
+from blendmask_edu.training.checkpoint import load_checkpoint
+from blendmask_edu.training.engine import train
+from blendmask_edu.training.sampling import batch_indices, batches
+from blendmask_edu.training.solver import build_optimizer, lr_factor
 
 
 @pytest.fixture(autouse=True)
@@ -195,6 +198,7 @@ def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
     first = train(_fresh_model(cfg), data, cfg, max_iter=2, progress=False, log_period=1,
                   out_dir=tmp_path)
     assert [e["iter"] for e in first] == [1, 2]
+    written = (tmp_path / "metrics.jsonl").read_text()
     resumed = _fresh_model(cfg)  # fresh weights: all of the state comes from last.pt
     log = train(resumed, data, cfg, max_iter=4, progress=False, log_period=1, out_dir=tmp_path,
                 resume=True)
@@ -206,8 +210,9 @@ def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
     assert len(log) == len(whole_log) == 4
     for entry, expected in zip(_losses(log), _losses(whole_log)):
         assert entry == pytest.approx(expected, rel=1e-6)
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["iter"] for line in lines] == [1, 2, 3, 4]
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert text.startswith(written)  # the lines kept on resume are rewritten byte for byte
+    assert [json.loads(line)["iter"] for line in text.splitlines()] == [1, 2, 3, 4]
 
 
 def test_run_files_evaluation_and_resume_notes(shapes, tmp_path, capsys):

@@ -1,9 +1,9 @@
-"""COCO AP through pycocotools, and the test-time resize."""
+"""COCO AP through pycocotools (evaluation.coco), and evaluate_coco's files and numbers."""
 
 import torch
 from pycocotools.coco import COCO
 
-from blendmask_edu.evaluation.evaluate import coco_ap, resize_for_test
+from blendmask_edu.evaluation.coco import coco_ap
 
 
 def _coco(boxes):
@@ -31,27 +31,19 @@ def test_half_the_objects_found():
     assert abs(coco_ap(_coco(boxes), found)["AP50"] - 50.0) < 1.0
 
 
-def test_resize_for_test_sizes_and_scales():
-    image = torch.rand(3, 80, 100)
-    same, scale = resize_for_test(image, 80, 200)
-    assert same is image and scale == (1.0, 1.0)
-    bigger, (sx, sy) = resize_for_test(image, 160, 400)
-    assert bigger.shape == (3, 160, 200) and (sx, sy) == (2.0, 2.0)
-
-
 def test_mask_results_round_trip_through_pycocotools():
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from blendmask_edu.evaluation.evaluate import _encode_masks
+    from blendmask_edu.evaluation.coco import encode_masks
 
     probs = torch.zeros(2, 1, 80, 100)
     probs[0, 0, 10:30, 10:40] = 0.9
     probs[1, 0, 40:70, 50:90] = 0.6
-    rles = _encode_masks(probs, (80, 100))
+    rles = encode_masks(probs, (80, 100))
     decoded = np.stack([mask_utils.decode(r) for r in rles])
     assert (decoded == (probs[:, 0] >= 0.5).numpy()).all()
-    assert _encode_masks(torch.zeros(0, 1, 80, 100), (80, 100)) == []
+    assert encode_masks(torch.zeros(0, 1, 80, 100), (80, 100)) == []
     coco = _coco([[10, 10, 30, 20], [50, 40, 40, 30]])
     for ann, rle in zip(coco.dataset["annotations"], rles):
         ann["segmentation"], ann["area"] = rle, float(mask_utils.area(rle))
@@ -72,8 +64,10 @@ import torch.nn.functional as F  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch import nn  # noqa: E402
 
-from blendmask_edu.evaluation.evaluate import (evaluate_coco, json_ready, precision_curves,  # noqa: E402
-                                    predict_dataset, run_cocoeval, write_metrics)
+from blendmask_edu.evaluation.coco import precision_curves, run_cocoeval  # noqa: E402
+from blendmask_edu.evaluation.evaluate import evaluate_coco  # noqa: E402
+from blendmask_edu.evaluation.inference import predict_dataset  # noqa: E402
+from blendmask_edu.evaluation.metrics import read_metrics, write_metrics  # noqa: E402
 from conftest import shapes_split  # noqa: E402
 
 
@@ -176,7 +170,11 @@ def test_write_metrics_merges_and_writes_nan_as_null(tmp_path):
     merged = write_metrics(tmp_path, {"PQ": np.float32(40.0), "images": 4})
     assert merged == {"bbox": {"AP": 12.5, "APl": None}, "images": 4, "PQ": 40.0}
     assert _strict_json(tmp_path / "metrics.json") == merged
-    assert json_ready({"a": (1, float("inf"))}) == {"a": [1, None]}
+    assert (tmp_path / "metrics.json").read_text().startswith('{\n  "bbox": {\n    "AP": 12.5,')
+    assert np.isnan(read_metrics(tmp_path)["bbox"]["APl"])
+    # keys listed in remove go, even when they came from an earlier evaluation
+    assert write_metrics(tmp_path, {}, remove=("PQ",)) == {"bbox": {"AP": 12.5, "APl": None},
+                                                         "images": 4}
 
 
 def test_no_detections_give_zero_ap_and_valid_files(shapes_val, tmp_path):

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from blendmask_edu.config import get_config
-from blendmask_edu.modeling.model import build_fcos, normalize_and_pad
+from blendmask_edu.presets import get_config
+from blendmask_edu.modeling.detector import build_fcos, normalize_and_pad
 
 
 @pytest.fixture(scope="module")

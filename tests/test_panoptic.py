@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blendmask_edu.modeling.basis import fuse_levels
-from blendmask_edu.data.files import id_to_rgb, write_json
+from blendmask_edu.data.files import id_to_rgb
+from blendmask_edu.fileio import write_json
 from blendmask_edu.modeling.panoptic import (
     SemanticHead,
     fuse,
@@ -46,24 +47,25 @@ def shapes_val(tmp_path_factory):
 # ----------------------------------------------------------------------------- semantic head
 
 
-@pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 32, 64, 128)])
+@pytest.mark.parametrize("strides", [(4, 8, 16, 32), (8, 16, 32), (8, 16, 32, 64, 128)])
 @pytest.mark.parametrize("size", [(96, 160), (128, 128), (200, 248)])
 def test_semantic_head_reaches_stride_4(strides, size):
     torch.manual_seed(0)
     head = SemanticHead(CIN, 5, channels=16, strides=strides)
     logits = head(pyramid(*size, strides))
     assert logits.shape == (2, 5, size[0] // 4, size[1] // 4)
-    # log2(s) − 2 conv blocks per level: 1, 2, 3 (, 4, 5)
-    assert [len(stack) for stack in head.stacks] == [int(math.log2(s)) - 2 for s in strides]
+    # log2(s) − 2 conv blocks per level, at least one: P2 1, P3 1, P4 2, P5 3 (, P6 4, P7 5)
+    assert [len(stack) for stack in head.stacks] == [max(1, int(math.log2(s)) - 2) for s in strides]
 
 
 def test_semantic_head_ignores_extra_levels_and_rejects_too_few():
     torch.manual_seed(0)
-    head = SemanticHead(CIN, 3, channels=16).eval()
-    levels = pyramid(64, 64, (8, 16, 32, 64, 128))
-    torch.testing.assert_close(head(levels), head(levels[:3]))
-    with pytest.raises(ValueError, match="3 level"):
-        head(levels[:2])
+    head = SemanticHead(CIN, 3, channels=16).eval()  # P2–P5, Panoptic-FPN's levels
+    assert head.strides == (4, 8, 16, 32)
+    levels = pyramid(64, 64, (4, 8, 16, 32, 64))
+    torch.testing.assert_close(head(levels), head(levels[:4]))
+    with pytest.raises(ValueError, match="4 level"):
+        head(levels[:3])
     with pytest.raises(ValueError, match="powers of two"):
         SemanticHead(CIN, 3, strides=(8, 12))
 
@@ -155,13 +157,13 @@ def test_stuff_area_scales_with_the_image_area():
 
 
 def test_head_overfits_one_shapes_image(shapes_val):
-    """The head alone, on fixed features (the image average-pooled to strides 8, 16, 32), learns
+    """The head alone, on fixed features (the image average-pooled to strides 4, 8, 16, 32), learns
     one image's semantic map: the loss falls by ≥ 50 % and ends below the loss of predicting
     the class frequencies everywhere (so it learned where, not only how much)."""
     torch.manual_seed(0)
     image, target = shapes_val[0]
     sem = target["sem_seg"][None]  # (1, 128, 128)
-    features = [F.avg_pool2d(image[None], s) for s in (8, 16, 32)]
+    features = [F.avg_pool2d(image[None], s) for s in (4, 8, 16, 32)]  # P2–P5 sizes
     head = SemanticHead(3, shapes_val.categories.num_semantic, channels=16)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     losses = []

@@ -20,14 +20,15 @@ from PIL import Image
 from torch import nn
 
 from blendmask_edu.cli.main import main
-from blendmask_edu.config import get_config
+from blendmask_edu.presets import get_config
 from blendmask_edu.data.files import read_panoptic, rgb_to_id
-from blendmask_edu.evaluation.evaluate import detect, evaluate_coco, format_metrics
-from blendmask_edu.modeling.model import build_model
+from blendmask_edu.evaluation.evaluate import evaluate_coco
+from blendmask_edu.evaluation.inference import detect
+from blendmask_edu.modeling.blendmask import build_model
 from blendmask_edu.modeling.panoptic import fuse
-from blendmask_edu.evaluation.panoptic_eval import (PAPER_TABLE1, TABLE1_COLUMNS, PanopticPredictions,
-                                         format_table1, segments_to_coco, table1_row)
+from blendmask_edu.evaluation.panoptic_files import PanopticPredictions, segments_to_coco
 from blendmask_edu.evaluation.panoptic_quality import panoptic_quality, semantic_miou
+from blendmask_edu.evaluation.tables import TABLE1_COLUMNS, format_metrics
 from conftest import TINY_RUN, shapes_split
 
 STUFF_IDS = (6, 7, 8, 9)
@@ -241,25 +242,6 @@ def test_evaluate_coco_writes_the_panoptic_files_and_the_table1_row(trained, sha
     assert set(again) == set(metrics)
     assert all(same_number(again[k], metrics[k]) for k in metrics)
     assert list(cwd.iterdir()) == [] and list(temporary.iterdir()) == []
-
-
-# ----------------------------------------------------------------------------- Table 1
-
-
-def test_format_table1_layout():
-    text = format_table1([{"method": "BlendMask", "backbone": "R-18", "PQ": 12.34, "SQ": 60.0,
-                           "AP_box": float("nan")}])
-    header, rule, row = text.splitlines()
-    names = header.split()
-    assert names == ["method", "backbone", *TABLE1_COLUMNS]
-    assert set(rule) == {"-"}
-    cells = row.split()
-    assert cells[:4] == ["BlendMask", "R-18", "12.3", "60.0"]
-    assert cells[4:] == ["–"] * 6  # RQ … AP_th missing, AP_box NaN
-    paper = format_table1(PAPER_TABLE1)
-    assert "42.5" in paper and "44.3" in paper and len(paper.splitlines()) == 2 + 4
-    assert table1_row({"All": {"pq": 1, "sq": 2, "rq": 3}, "Things": {"pq": 4},
-                       "Stuff": {"pq": 5}}, 6, 7, 8) == dict(zip(TABLE1_COLUMNS, range(1, 9)))
 
 
 # ----------------------------------------------------------------------------- command line

@@ -3,7 +3,7 @@
 The head, loss and fusion functions themselves are tested in ``test_panoptic.py``; here they are
 checked as the model wires them: which features the semantic head reads, what the loss is
 computed against (padded batches), that the non-panoptic model is unchanged, and that
-``sem_seg`` / ``panoptic`` come out at the image's own size, also through ``evaluate.detect``.
+``sem_seg`` / ``panoptic`` come out at the image's own size, also through ``evaluation.inference.detect``.
 Tiny preset, 64 px shapes images; the whole file runs in a few seconds at one thread.
 """
 
@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blendmask_edu.config import get_config, override
+from blendmask_edu.config import override
+from blendmask_edu.presets import get_config
 from blendmask_edu.data.transforms import boxes_from_masks
-from blendmask_edu.evaluation.evaluate import detect
-from blendmask_edu.modeling.model import build_model
+from blendmask_edu.evaluation.inference import detect
+from blendmask_edu.modeling.blendmask import build_model
 from blendmask_edu.modeling.panoptic import SemanticHead, fuse, stuff_area_for
 from conftest import shapes_split
 
@@ -145,8 +146,11 @@ def test_shared_head_reads_the_bottom_modules_fused_map_and_trains_it(shapes64):
             assert seen["head_in"] is seen["fused"]
             assert seen["head_in"].shape == (2, 32, 8, 8)  # basis_channels, H/8, W/8
         else:
-            assert isinstance(seen["head_in"], (list, tuple)) and len(seen["head_in"]) == 3
-            assert seen["head_in"][0].shape == (2, 64, 8, 8)  # P3 of the FPN (width 64)
+            # Panoptic-FPN's P2–P5: the backbone builds P2 for the head, FCOS still reads P3–P5
+            assert isinstance(seen["head_in"], (list, tuple)) and len(seen["head_in"]) == 4
+            assert seen["head_in"][0].shape == (2, 64, 16, 16)  # P2 of the FPN (width 64)
+            assert model.backbone.level_names == ["p2", "p3", "p4", "p5"]
+            assert model.level_names == ["p3", "p4", "p5"]
         model.zero_grad(set_to_none=True)
         losses["loss_sem_seg"].backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0

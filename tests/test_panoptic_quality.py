@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from blendmask_edu.data.errors import DatasetError
-from blendmask_edu.data.files import id_to_rgb, write_json
+from blendmask_edu.data.files import id_to_rgb
 from blendmask_edu.data.synthetic import generate_shapes
 from blendmask_edu.evaluation.panoptic_quality import (
     PQCounts,
@@ -23,6 +23,7 @@ from blendmask_edu.evaluation.panoptic_quality import (
     pq_summary,
     semantic_miou,
 )
+from blendmask_edu.fileio import write_json
 
 CATEGORIES = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 1},
               {"id": 6, "name": "sky", "isthing": 0}]

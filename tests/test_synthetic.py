@@ -1,4 +1,4 @@
-"""Tests of the shapes dataset generator (blendmask_edu.data.synthetic)."""
+"""Tests of the shapes dataset generator (blendmask_edu.data.synthetic, data.shapes_drawing)."""
 
 import hashlib
 import json
@@ -14,8 +14,10 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from blendmask_edu.data import synthetic
+from blendmask_edu.data.shapes_drawing import draw_background, draw_scene, paint
 from blendmask_edu.data.synthetic import (STUFF_CATEGORIES, THING_CATEGORIES, SyntheticImage,
                                           generate_shapes, render_image)
+from blendmask_edu.presets import get_config
 
 SPLITS = ("train", "val")
 # pycocotools' decode under numpy 2 warns on every call; the warning is not about this module.
@@ -99,6 +101,35 @@ def test_categories():
     assert all(c["isthing"] == 1 for c in THING_CATEGORIES)
     assert all(c["isthing"] == 0 and c["id"] >= 6 for c in STUFF_CATEGORIES)
     assert all(len(c["color"]) == 3 for c in THING_CATEGORIES + STUFF_CATEGORIES)
+
+
+def test_tiny_preset_names_the_shapes_categories():
+    """The CPU preset states the dataset's classes itself (presets stay free of the data layer)."""
+    cfg = get_config("tiny")
+    assert cfg.class_names == tuple(c["name"] for c in THING_CATEGORIES)
+    assert cfg.category_ids == tuple(c["id"] for c in THING_CATEGORIES)
+    assert cfg.panoptic.stuff_ids == tuple(c["id"] for c in STUFF_CATEGORIES)
+    assert cfg.panoptic.stuff_names == tuple(c["name"] for c in STUFF_CATEGORIES)
+
+
+def test_drawing_primitives_contract():
+    size = 96
+    rng = np.random.default_rng(7)
+    sky, background = draw_background(rng, size)
+    assert sky.shape == (size, size) and sky.dtype == bool and sky.any() and not sky.all()
+    assert background.shape == (size, size, 3) and background.dtype == float
+    categories, diameters, full, poles, net = draw_scene(rng, size)
+    assert 1 <= len(categories) == len(diameters) == len(full) <= 6
+    assert set(categories) <= {c["id"] for c in THING_CATEGORIES}
+    assert all(m.shape == (size, size) and m.dtype == bool and m.any() for m in full)
+    assert all(p.shape == (size, size) and p.dtype == bool for p in poles)
+    assert net.shape == (size, size) and net.dtype == bool
+    before = background.copy()
+    image = paint(rng, background, sky, full, poles, net)
+    assert image.shape == (size, size, 3) and image.dtype == np.uint8
+    untouched = ~np.logical_or.reduce(full + poles + [net])
+    # Outside things and occluders only the +-6 noise changes the background.
+    assert np.abs(image[untouched] - np.clip(before[untouched], 0, 255)).max() <= 6 + 1
 
 
 @pytest.mark.parametrize("size", [64, 97, 128, 200])

@@ -111,7 +111,7 @@ TRANSFORMS = {
     "resize_up": lambda: T.ResizeShortestEdge([80], max_size=200),
     "resize_down": lambda: T.ResizeShortestEdge([6], max_size=12),
     "train": lambda: T.build_train_transforms([8, 16, 48], max_size=64, flip_prob=0.5),
-    "test": lambda: T.build_test_transforms(24, max_size=40),
+    "test": lambda: T.ResizeShortestEdge(24, max_size=40),
 }
 
 
@@ -181,10 +181,27 @@ def test_resize_output_size(size, short, max_size, expected):
     masks = np.zeros((1, *size), np.uint8)
     masks[0, size[0] // 4: size[0] // 2, size[1] // 4: size[1] // 2] = 1
     image, target = make_sample(*size, masks, np.zeros(size))
-    image_out, target_out = T.build_test_transforms(short, max_size)(image, target)
+    image_out, target_out = T.ResizeShortestEdge(short, max_size)(image, target)
     assert image_out.shape[1:] == expected
     assert target_out["masks"].shape[1:] == expected and target_out["sem_seg"].shape == expected
     check_contract(image_out, target_out, image, target)
+    # The test-time resize of the image alone is the same resize, pixel for pixel.
+    resized, (sx, sy) = T.resize_for_test(image, short, max_size)
+    assert torch.equal(resized, image_out)
+    assert (sx, sy) == (expected[1] / size[1], expected[0] / size[0])
+
+
+def test_resize_for_test_sizes_and_scales():
+    image = torch.rand(3, 80, 100)
+    same, scale = T.resize_for_test(image, 80, 200)
+    assert same is image and scale == (1.0, 1.0)
+    bigger, (sx, sy) = T.resize_for_test(image, 160, 400)
+    assert bigger.shape == (3, 160, 200) and (sx, sy) == (2.0, 2.0)
+    # bilinear with antialiasing, as torch itself does it
+    smaller, _ = T.resize_for_test(image, 40, 400)
+    expected = nnf.interpolate(image[None], size=(40, 50), mode="bilinear", align_corners=False,
+                               antialias=True)[0]
+    assert torch.equal(smaller, expected)
 
 
 def test_resize_short_side_is_drawn_from_short_sizes_and_seeded():

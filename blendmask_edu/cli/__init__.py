@@ -1,1 +1,2 @@
-"""The ``blendmask-edu`` command line: parsing (``main``) apart from what it orchestrates."""
+"""The ``blendmask-edu`` command line: ``main`` parses and reports errors, ``data_commands`` and
+``model_commands`` orchestrate the library, ``common`` holds what the commands share."""

@@ -126,6 +126,7 @@ def print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
     from blendmask_edu.evaluation.coco import RESULTS_FILE
     from blendmask_edu.evaluation.evaluate import PR_CURVE_FILE
     from blendmask_edu.evaluation.metrics import METRICS_FILE
+    from blendmask_edu.evaluation.panoptic_files import prediction_paths
     from blendmask_edu.evaluation.tables import format_metrics
 
     backbone = f"R-{cfg.backbone.depth}" + (f" (width {cfg.backbone.width})"
@@ -133,5 +134,5 @@ def print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
     print(format_metrics(metrics, backbone=backbone))
     files = [out / METRICS_FILE, out / RESULTS_FILE, out / PR_CURVE_FILE]
     if "PQ" in metrics:
-        files += [out / f"panoptic_{split}.json", out / f"panoptic_{split}"]
+        files += list(prediction_paths(out, split))
     print("wrote " + ", ".join(map(str, files)))

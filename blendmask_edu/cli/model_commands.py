@@ -44,7 +44,7 @@ def _run_training(args, cfg, data):
     (model, cfg, val set, log of the whole run, metrics, training seconds of the whole run)."""
     from blendmask_edu.config import describe
     from blendmask_edu.evaluation.evaluate import evaluate_coco
-    from blendmask_edu.modeling.model import build_model
+    from blendmask_edu.modeling.blendmask import build_model
     from blendmask_edu.training.distributed import get_rank, init_distributed
     from blendmask_edu.training.engine import train
     from blendmask_edu.utils import seed_everything

@@ -137,14 +137,6 @@ def load_json(path: Path, required: Sequence[str]) -> dict:
     return data
 
 
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as compact JSON with sorted keys: the same object gives the same bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-        f.write("\n")
-
-
 def index_entries(entries: list, kind: str, keys: Sequence[str]) -> tuple:
     """``images`` or ``categories`` entries → ({id: entry}, [problem, ...])."""
     table, problems = {}, []

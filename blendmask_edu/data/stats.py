@@ -18,6 +18,7 @@ from PIL import Image
 from blendmask_edu.data.coco import CategoryMap, CocoInstances
 from blendmask_edu.data.files import dataset_paths, decode_segmentation, make_coco, rgb_to_id
 from blendmask_edu.data.synthetic import count_components
+from blendmask_edu.fileio import write_json
 
 
 def dataset_statistics(root: Union[str, Path], split: str) -> dict:
@@ -83,8 +84,8 @@ def write_dataset_report(root: Union[str, Path], split: str, out_dir: Union[str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = dataset_statistics(root, split)
-    (out / "dataset_stats.json").write_text(json.dumps(
-        {k: v for k, v in stats.items() if k != "sizes"}, indent=2, sort_keys=True))
+    write_json(out / "dataset_stats.json", {k: v for k, v in stats.items() if k != "sizes"},
+               indent=2)
 
     fig, axes = vis.plt.subplots(1, 2, figsize=(10, 3.2))
     vis.plot_counts(stats["class_counts"], ax=axes[0], title=f"thing instances ({split})")

@@ -15,10 +15,12 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from blendmask_edu.fileio import write_json
+
 from .errors import DatasetError
 from .files import (IMAGE_KEYS, TOP_KEYS, DatasetPaths, PathLike, dataset_paths, id_to_rgb,
                     index_entries, index_panoptic, load_json, read_panoptic, scan_annotations,
-                    skip_summary, write_json)
+                    skip_summary)
 
 
 def make_subset(instances_json: PathLike, out_dir: PathLike, panoptic_json: Optional[PathLike] = None,
@@ -83,7 +85,7 @@ def make_subset(instances_json: PathLike, out_dir: PathLike, panoptic_json: Opti
         "images": [images[i] for i in chosen],
         "annotations": sorted((a for a in anns if a["image_id"] in chosen_set), key=lambda a: a["id"]),
         "categories": [things[c] for c in sorted(keep)],
-    })
+    }, canonical=True)
     if panoptic_json is not None:
         _subset_panoptic(Path(panoptic_json), panoptic_dir, out, images, chosen, keep)
     return dataset_paths(out_dir, split)
@@ -122,4 +124,4 @@ def _subset_panoptic(panoptic_json: Path, panoptic_dir: Optional[PathLike], out:
         chosen_set = set(chosen)
         subset["images"] = sorted((img for img in pan["images"] if isinstance(img, dict)
                                    and img.get("id") in chosen_set), key=lambda img: img["id"])
-    write_json(out.panoptic, subset)
+    write_json(out.panoptic, subset, canonical=True)

@@ -6,15 +6,12 @@ dataset in seconds, in COCO's own file layout, so that everything that reads COC
 panopticapi-style tools, ``blendmask_edu.data.coco``) reads it unchanged. It is introduced in
 ``notebooks/00_data.ipynb``.
 
-An image (``size`` x ``size``, 128 by default) holds
-- stuff: sky above ground, split by an uneven horizon (a sum of random sines), both textured
-  (gradient and clouds; furrow stripes and noise) so that stuff is not flat colour;
-- 1-6 things (circle, triangle, rotated rectangle, star, ring), each in a random colour so that
-  shape, not colour, tells the class; sizes (diameter of the circumscribed circle) are
-  log-uniform from 0.08 to 0.85 of the image side, a >10:1 range, so every FPN level gets work
-  (kept in ``SyntheticImage.instance_sizes`` and summarised by ``generate_shapes``);
-- thin occluders drawn over the things: poles a few pixels wide and, sometimes, a net-like band
-  of thin crossing lines. Poles and net are stuff classes.
+An image (``size`` x ``size``, 128 by default) holds sky and ground (stuff), 1-6 things (circle,
+triangle, rotated rectangle, star, ring; sizes over a >10:1 range, kept in
+``SyntheticImage.instance_sizes`` and summarised by ``generate_shapes``), and thin occluders over
+them: poles and, sometimes, a net (stuff too). How each is drawn is
+:mod:`blendmask_edu.data.shapes_drawing`'s job; this module turns a drawn scene into what is
+visible, its panoptic segments, its hard-case tags and COCO files.
 
 The hard cases of the paper's Appendix B are made on purpose, and each image lists the ones it
 holds in ``images[i]["hard_cases"]`` of both JSON files, so notebooks can select them:
@@ -50,14 +47,17 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from .files import id_to_rgb, write_json
+from blendmask_edu.fileio import write_json
 
-CIRCLE, TRIANGLE, RECTANGLE, STAR, RING = 1, 2, 3, 4, 5
-SKY, GROUND, POLE, NET = 6, 7, 8, 9
+from .files import id_to_rgb
+from .shapes_drawing import (CIRCLE, RECTANGLE, RING, STAR, TRIANGLE, draw_background, draw_scene,
+                             paint)
+
+SKY, GROUND, POLE, NET = 6, 7, 8, 9  # the stuff category ids (things: 1-5, see shapes_drawing)
 
 THING_CATEGORIES = [
     {"id": i, "name": name, "supercategory": "shape", "isthing": 1, "color": colour}
@@ -76,15 +76,9 @@ STUFF_CATEGORIES = [
 ]
 
 MIN_VISIBLE_AREA = 20  # px; a thing with fewer visible pixels is not drawn and not annotated
-SIZE_RANGE = (0.08, 0.85)  # thing diameter as a fraction of the image side (log-uniform)
-P_OVERLAP = 0.4  # chance that an image places one thing on top of another on purpose
-POLE_COUNT_P = (0.7, 0.23, 0.06, 0.01)  # chance of 0, 1, 2, 3 poles
-P_POLE_AIMED = 0.5  # chance that a pole is placed across a thing
-P_NET = 0.12
 SPLIT_CODES = {"train": 0, "val": 1}
 ID_OFFSETS = {"train": 0, "val": 1_000_000}
 HARD_CASES = ("split", "overlap", "complex", "small", "large")
-_TAU = 2 * np.pi
 
 
 @dataclass
@@ -104,202 +98,6 @@ class SyntheticImage:
     panoptic_ids: np.ndarray
     segments: list
     hard_cases: list
-
-
-# ---------------------------------------------------------------------------- stuff
-
-def _smooth_noise(rng, size, cells):
-    """[size, size] float noise in [0, 1): a (cells+1)^2 random grid, bilinearly upsampled."""
-    grid = rng.random((cells + 1, cells + 1))
-    pos = (np.arange(size) + 0.5) * (cells / size)
-    i = np.minimum(pos.astype(np.int64), cells - 1)
-    t = pos - i
-    rows = grid[i] * (1 - t)[:, None] + grid[i + 1] * t[:, None]  # [size, cells+1]
-    return rows[:, i] * (1 - t)[None, :] + rows[:, i + 1] * t[None, :]
-
-
-def _sky_mask(rng, size):
-    """[H, W] bool: pixels above an uneven horizon (a base height plus three random sines)."""
-    x = np.arange(size) / size
-    amplitude = rng.uniform(0.0, 0.05, 3)[:, None] * size
-    frequency = rng.uniform(0.5, 3.0, 3)[:, None]
-    phase = rng.uniform(0.0, _TAU, 3)[:, None]
-    waves = np.round(np.sin(_TAU * frequency * x[None, :] + phase), 4)  # [3, W]
-    horizon = rng.uniform(0.3, 0.6) * size + (amplitude * waves).sum(axis=0)
-    return (np.arange(size)[:, None] + 0.5) < horizon[None, :]
-
-
-def _sky_texture(rng, size):
-    """[H, W, 3] float: a blue-to-pale vertical gradient with soft clouds."""
-    top = rng.uniform((40, 100, 170), (150, 190, 250))
-    low = np.minimum(top + rng.uniform(30, 80), 255)
-    t = (np.arange(size) / size)[:, None, None]
-    sky = top * (1 - t) + low * t + np.zeros((1, size, 1))
-    clouds = np.clip(_smooth_noise(rng, size, 5) - 0.5, 0, None) * 1.6  # [H, W] in [0, 0.8]
-    return sky + clouds[..., None] * (245 - sky)
-
-
-def _ground_texture(rng, size):
-    """[H, W, 3] float: a green or brown soil colour with furrow stripes and blotches."""
-    bases = np.array([(70, 130, 60), (120, 95, 60), (150, 140, 90), (90, 110, 70)], float)
-    base = bases[rng.integers(len(bases))] + rng.uniform(-20, 20, 3)
-    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 12)
-    y, x = np.mgrid[0:size, 0:size]
-    phase = (x * np.round(np.cos(angle), 6) + y * np.round(np.sin(angle), 6)) * (_TAU / period)
-    stripes = np.round(np.sin(phase), 4) * rng.uniform(6, 18)
-    blotches = (_smooth_noise(rng, size, 8) - 0.5) * 40
-    return base + (stripes + blotches)[..., None]
-
-
-# ---------------------------------------------------------------------------- things
-
-def _polygon_mask(size, points):
-    """[H, W] bool: a filled polygon (list of (x, y)) rasterised by Pillow."""
-    canvas = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(p) for p in np.round(points, 2).tolist()], fill=255)
-    return np.asarray(canvas) > 0
-
-
-def _on_circle(cx, cy, radius, angles):
-    """(P, 2) points at the given angles on a circle, rounded to 0.01 px."""
-    return np.round(np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1), 2)
-
-
-def _distance2(size, cx, cy):
-    """[H, W] squared distance from each pixel centre (integer coordinates) to (cx, cy)."""
-    y, x = np.ogrid[0:size, 0:size]
-    return (x - cx) ** 2 + (y - cy) ** 2
-
-
-# Each _draw_<shape> returns the full shape as an [H, W] bool mask: centre (cx, cy), the
-# circumscribed circle of radius r, random proportions and rotation from rng.
-
-def _draw_circle(rng, size, cx, cy, r):
-    return _distance2(size, cx, cy) <= r * r
-
-
-def _draw_ring(rng, size, cx, cy, r):
-    inner = r * rng.uniform(0.45, 0.62)  # the hole
-    d2 = _distance2(size, cx, cy)
-    return (d2 <= r * r) & (d2 > inner * inner)
-
-
-def _draw_triangle(rng, size, cx, cy, r):
-    angles = rng.uniform(0, _TAU) + np.arange(3) * (_TAU / 3) + rng.uniform(-0.4, 0.4, 3)
-    return _polygon_mask(size, _on_circle(cx, cy, r, angles))
-
-
-def _draw_rectangle(rng, size, cx, cy, r):
-    half = rng.uniform(0.35, 0.7)  # half the angle a short side subtends: sets the aspect ratio
-    angles = rng.uniform(0, np.pi) + np.array([half, np.pi - half, np.pi + half, -half])
-    return _polygon_mask(size, _on_circle(cx, cy, r, angles))
-
-
-def _draw_star(rng, size, cx, cy, r):
-    points = int(rng.integers(5, 8))  # thin sharp points: inner radius under half the outer
-    angles = rng.uniform(0, _TAU) + np.arange(2 * points) * (np.pi / points)
-    radii = np.where(np.arange(2 * points) % 2 == 0, r, r * rng.uniform(0.38, 0.5))
-    return _polygon_mask(size, _on_circle(cx, cy, radii, angles))
-
-
-_DRAW = {CIRCLE: _draw_circle, TRIANGLE: _draw_triangle, RECTANGLE: _draw_rectangle,
-         STAR: _draw_star, RING: _draw_ring}
-
-
-def _thing_diameters(rng, size):
-    """1-6 diameters in px, log-uniform over SIZE_RANGE, skipping any that would crowd the image."""
-    low, high = np.log(SIZE_RANGE[0] * size), np.log(SIZE_RANGE[1] * size)
-    diameters, used = [], 0.0
-    for _ in range(int(rng.integers(1, 7))):
-        d = float(np.round(np.exp(rng.uniform(low, high)), 2))
-        if not diameters or used + d * d <= 0.9 * size * size:
-            diameters.append(d)
-            used += d * d
-    if rng.random() < 0.7:  # usually big things stand behind small ones, as in a photograph
-        diameters.sort(reverse=True)
-    return diameters
-
-
-def _place_centres(rng, size, diameters):
-    """G (x, y) centres: free spots when possible, and sometimes one overlapping on purpose."""
-    overlap_at = -1
-    if len(diameters) > 1 and rng.random() < P_OVERLAP:
-        overlap_at = int(rng.integers(1, len(diameters)))
-    centres = []
-    for g, d in enumerate(diameters):
-        r = d / 2
-        margin = min(0.6 * r, size / 2 - 1)
-        if g == overlap_at:  # centre within reach of a placed thing, so that the two overlap
-            k = int(rng.integers(g))
-            direction = rng.uniform(0, _TAU)
-            reach = (diameters[k] / 2 + r) * rng.uniform(0.35, 0.75)
-            c = np.array(centres[k]) + reach * np.round([np.cos(direction), np.sin(direction)], 6)
-            centres.append(np.round(np.clip(c, margin, size - margin), 2).tolist())
-            continue
-        for _ in range(12):  # rejection sampling against the circumscribed circles placed so far
-            c = np.round(rng.uniform(margin, size - margin, 2), 2).tolist()
-            if all((c[0] - o[0]) ** 2 + (c[1] - o[1]) ** 2 > (r + diameters[k] / 2) ** 2
-                   for k, o in enumerate(centres)):
-                break
-        centres.append(c)
-    return centres
-
-
-def _thing_colour(rng, avoid):
-    """(3,) colour that differs from every colour in ``avoid`` by >= 90 in L1 (5 tries)."""
-    for _ in range(5):
-        colour = rng.integers(0, 256, 3).astype(float)
-        if all(np.abs(colour - a).sum() >= 90 for a in avoid):
-            break
-    return colour
-
-
-# ---------------------------------------------------------------------------- occluders
-
-def _strip_mask(size, top, bottom, width):
-    """[H, W] bool: a straight strip of the given width from point ``top`` to point ``bottom``."""
-    direction = np.subtract(bottom, top) / np.hypot(*np.subtract(bottom, top))
-    normal = np.array([-direction[1], direction[0]]) * (width / 2)
-    return _polygon_mask(size, [top + normal, bottom + normal, bottom - normal, top - normal])
-
-
-def _draw_poles(rng, size, things):
-    """List of [H, W] bool poles, vertical or slanted, 2-4 px wide at 128 px, some across things."""
-    poles = []
-    for _ in range(int(rng.choice(4, p=POLE_COUNT_P))):
-        width = float(rng.uniform(max(2.0, size / 64), max(3.0, size / 32)))
-        slope = float(np.round(np.tan(rng.uniform(-0.35, 0.35)), 6)) if rng.random() < 0.5 else 0.0
-        wide = [t for t in things if t[1] >= 3 * width]
-        if wide and rng.random() < P_POLE_AIMED:  # cut a thing: through its centre, give or take
-            _, d, (cx, cy) = wide[int(rng.integers(len(wide)))]
-            x, y = cx + rng.uniform(-0.25, 0.25) * d / 2, cy
-            top_y = min(rng.uniform(-0.1, 0.25) * size, cy - d / 2 - 1)
-        else:
-            x, y = rng.uniform(0, size), size / 2
-            top_y = rng.uniform(-0.1, 0.4) * size
-        top = np.array([x + slope * (top_y - y), top_y])
-        bottom = np.array([x + slope * (size + 2 - y), size + 2.0])
-        poles.append(_strip_mask(size, np.round(top, 2), np.round(bottom, 2), width))
-    return poles
-
-
-def _draw_net(rng, size):
-    """[H, W] bool: a rectangular band crossed by two families of 2-px slanted lines."""
-    h, w = rng.uniform(0.15, 0.35) * size, rng.uniform(0.4, 1.0) * size
-    x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
-    canvas = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
-    spacing, reach = rng.uniform(6, 10), size * 1.5
-    for angle in np.array([1, -1]) * rng.uniform(0.6, 1.0):
-        d = np.round([np.cos(angle), np.sin(angle)], 6)
-        n = np.array([-d[1], d[0]])
-        for offset in np.arange(-reach, reach, spacing):
-            c = np.array([x0 + w / 2, y0 + h / 2]) + offset * n
-            ends = np.round(np.concatenate([c - reach * d, c + reach * d]), 2).tolist()
-            draw.line(ends, fill=255, width=2)
-    band = np.zeros((size, size), bool)
-    band[int(round(y0)):int(round(y0 + h)), int(round(x0)):int(round(x0 + w))] = True
-    return (np.asarray(canvas) > 0) & band
 
 
 # ---------------------------------------------------------------------------- masks and tags
@@ -387,18 +185,6 @@ def _segments(sky, pole, net, visible, categories):
     return ids, segments
 
 
-def _draw_scene(rng, size):
-    """Things (categories, diameters, full masks [H, W]) and occluders (poles, net) of an image."""
-    diameters = _thing_diameters(rng, size)
-    centres = _place_centres(rng, size, diameters)
-    categories = [int(c) for c in rng.integers(1, 6, len(diameters))]
-    full = [_DRAW[c](rng, size, x, y, d / 2)
-            for c, d, (x, y) in zip(categories, diameters, centres)]
-    poles = _draw_poles(rng, size, list(zip(categories, diameters, centres)))
-    net = _draw_net(rng, size) if rng.random() < P_NET else np.zeros((size, size), bool)
-    return categories, diameters, full, poles, net
-
-
 def render_image(rng: np.random.Generator, size: int) -> SyntheticImage:
     """Draw one image and its annotations in memory.
 
@@ -406,10 +192,9 @@ def render_image(rng: np.random.Generator, size: int) -> SyntheticImage:
     ``SyntheticImage`` with ``image`` [size, size, 3] uint8, G visible ``instance_masks``
     [size, size] bool in z-order, ``panoptic_ids`` [size, size] int32 and its ``segments``.
     """
-    sky = _sky_mask(rng, size)
-    background = np.where(sky[..., None], _sky_texture(rng, size), _ground_texture(rng, size))
+    sky, background = draw_background(rng, size)
     for _ in range(100):  # redraw in the rare case (~1 image in 2000) that no thing stays visible
-        categories, diameters, full, poles, net = _draw_scene(rng, size)
+        categories, diameters, full, poles, net = draw_scene(rng, size)
         pole = np.logical_or.reduce(poles) if poles else np.zeros((size, size), bool)
         occluder = pole | net
         # Drop things whose visible part is tiny; the rest can only gain pixels by it, so one
@@ -420,19 +205,7 @@ def render_image(rng: np.random.Generator, size: int) -> SyntheticImage:
     full = [full[g] for g in keep]
     visible = _visible(full, occluder)
     categories, diameters = [categories[g] for g in keep], [diameters[g] for g in keep]
-
-    avoid = [background[sky].mean(0) if sky.any() else background[0, 0],
-             background[~sky].mean(0) if (~sky).any() else background[0, 0]]
-    image = background  # painted in place, back to front
-    for m in full:  # each thing in a colour unlike the background and the things before it
-        colour = _thing_colour(rng, avoid)
-        avoid.append(colour)
-        image[m] = colour
-    image[net] = rng.uniform(20, 235)
-    for m in poles:
-        image[m] = rng.uniform(40, 200) + rng.uniform(-15, 15, 3)
-    image = np.clip(image + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
-
+    image = paint(rng, background, sky, full, poles, net)
     ids, segments = _segments(sky, pole, net, visible, categories)
     return SyntheticImage(image, visible, categories, diameters, ids, segments,
                           _hard_cases(size, full, visible, categories))
@@ -508,9 +281,10 @@ def generate_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: i
                  "panoptic_dir": annotations / f"panoptic_{split}"}
         common = {"info": info, "licenses": [], "images": rec["images"]}
         write_json(paths["instances"], {**common, "annotations": rec["annotations"],
-                                        "categories": THING_CATEGORIES})
+                                        "categories": THING_CATEGORIES}, canonical=True)
         write_json(paths["panoptic"], {**common, "annotations": rec["panoptic"],
-                                       "categories": THING_CATEGORIES + STUFF_CATEGORIES})
+                                       "categories": THING_CATEGORIES + STUFF_CATEGORIES},
+                   canonical=True)
         n = max(len(rec["images"]), 1)
         summary["paths"][split] = {k: str(v) for k, v in paths.items()}
         summary["images"][split] = len(rec["images"])

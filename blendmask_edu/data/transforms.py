@@ -13,7 +13,9 @@ Every transform here takes and returns a sample in that form, so they chain free
 The recipe is the paper's (spec §8, AdelaiDet's ``R_50_3x``): during training the shorter side is
 chosen uniformly from {640, 672, ..., 800} with the longer side capped at 1333, and images are
 flipped horizontally with p = 0.5; at test time the shorter side is 800, the longer at most 1333.
-The presets (``config.py``) scale these sizes down for small images, e.g. the CPU preset.
+The sizes themselves live in the config (``InputConfig``), whose presets scale them down for
+small images, e.g. the CPU preset. At test time only the image is resized
+(:func:`resize_for_test`, the one test-time resize path), and the predictions are mapped back.
 
 The geometry itself is torchvision's (``transforms.v2`` kernels dispatched on ``tv_tensors``
 ``Image``, ``BoundingBoxes`` and ``Mask``). On top of it, after every geometric step:
@@ -45,10 +47,6 @@ from torchvision.transforms import InterpolationMode
 
 Target = Dict[str, Any]
 Sample = Tuple[torch.Tensor, Target]
-
-PAPER_TRAIN_SHORT_SIZES = (640, 672, 704, 736, 768, 800)
-PAPER_TEST_SHORT_SIZE = 800
-PAPER_MAX_SIZE = 1333
 
 # Target keys that describe the whole image, never one instance, even when their first
 # dimension happens to equal G.
@@ -111,6 +109,23 @@ def shortest_edge_size(height: int, width: int, short_size: int,
         shrink = max_size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
     return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_for_test(image: torch.Tensor, short_size: int,
+                    max_size: int) -> Tuple[torch.Tensor, Tuple[float, float]]:
+    """The test-time resize of an image alone: (3, H, W) -> ((3, H', W'), (scale_x, scale_y)).
+
+    ``(H', W')`` is ``shortest_edge_size``'s, the image resized bilinearly with antialiasing as
+    in ``ResizeShortestEdge``; the scales ``W'/W`` and ``H'/H`` map predictions back to the
+    original pixels (a box divided by them). An image already at that size is returned as is.
+    """
+    height, width = image.shape[-2:]
+    new_h, new_w = shortest_edge_size(height, width, short_size, max_size)
+    if (new_h, new_w) == (height, width):
+        return image, (1.0, 1.0)
+    resized = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR,
+                       antialias=True)
+    return resized, (new_w / width, new_h / height)
 
 
 class ResizeShortestEdge:
@@ -193,19 +208,11 @@ def build_train_transforms(short_sizes: Union[int, Sequence[int]], max_size: int
                            flip_prob: float = 0.5) -> Compose:
     """Training pipeline: shorter side drawn from ``short_sizes`` (longer <= ``max_size``), flip.
 
-    The paper: ``build_train_transforms(PAPER_TRAIN_SHORT_SIZES, PAPER_MAX_SIZE, 0.5)``.
-    Returns a callable ``(image (3, H, W), target) -> (image (3, H', W'), target)``.
+    The paper: ``build_train_transforms((640, 672, ..., 800), 1333, 0.5)``, the sizes of the
+    config's ``InputConfig``. Returns a callable
+    ``(image (3, H, W), target) -> (image (3, H', W'), target)``.
     """
     return Compose([ResizeShortestEdge(short_sizes, max_size), RandomHorizontalFlip(flip_prob)])
-
-
-def build_test_transforms(short_size: int, max_size: int) -> Compose:
-    """Test pipeline: shorter side ``short_size``, longer <= ``max_size``; deterministic.
-
-    The paper: ``build_test_transforms(PAPER_TEST_SHORT_SIZE, PAPER_MAX_SIZE)``.
-    Returns a callable ``(image (3, H, W), target) -> (image (3, H', W'), target)``.
-    """
-    return Compose([ResizeShortestEdge([short_size], max_size)])
 
 
 def collate(batch: Sequence[Sample]) -> Tuple[List[torch.Tensor], List[Target]]:

@@ -19,7 +19,7 @@ PQ, SQ and RQ over a set of categories (All, Things, Stuff) are the means of the
 values over the categories that occur (|TP| + |FP| + |FN| > 0); SQ_c counts 0 where |TP| = 0, so
 the mean PQ is not the product of the mean SQ and RQ.
 
-All scores are in percent (0..100), as ``evaluate.coco_ap`` reports AP. Introduced in
+All scores are in percent (0..100), as ``coco.coco_ap`` reports AP. Introduced in
 ``notebooks/06_panoptic.ipynb``.
 
 Differs from COCO's reference tool: it assumes at most one crowd segment per category and image;

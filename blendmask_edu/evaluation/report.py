@@ -17,51 +17,27 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Union
 
+import matplotlib.pyplot as plt
 import torch
 
 from blendmask_edu import visualize as vis
 from blendmask_edu.config import Config, describe
-from blendmask_edu.evaluation.evaluate import AP_NAMES, IOU_TYPES, detect, resize_for_test
-from blendmask_edu.evaluation.panoptic_eval import TABLE1_COLUMNS
+from blendmask_edu.data.transforms import resize_for_test
+from blendmask_edu.evaluation.inference import detect
+from blendmask_edu.evaluation.tables import TABLE1_COLUMNS, format_ap_table, format_table1
+from blendmask_edu.plots import save_loss_curve
 
 SCORE_THRESH = 0.3
 GRID_ROWS, GRID_COLS = 2, 4
 
 
-def metrics_table(metrics: Mapping[str, float]) -> str:
-    """The flat metrics of :func:`~blendmask_edu.evaluation.evaluate.evaluate_coco` (``AP``…,
-    ``mask_AP``…) as a Markdown table, one row for boxes and one for masks; "–" where a size
-    range holds no ground-truth object."""
-    lines = ["| | " + " | ".join(AP_NAMES) + " |", "|---" * (len(AP_NAMES) + 1) + "|"]
-    for iou_type, prefix in IOU_TYPES.items():
-        if f"{prefix}AP" not in metrics:
-            continue
-        cells = []
-        for name in AP_NAMES:
-            value = metrics[prefix + name]
-            cells.append("–" if value is None or not math.isfinite(value) else f"{value:.1f}")
-        lines.append(f"| {'box' if iou_type == 'bbox' else 'mask'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    vis.plt.close(fig)
-
-
-def save_loss_curve(log: Sequence[Mapping[str, float]], path: Path) -> bool:
-    """``loss_curve.png`` from the training log; False (nothing written) for an empty log."""
-    entries = [entry for entry in log if "loss" in entry]
-    if not entries:
-        return False
-    ax = vis.plot_losses(entries)
-    _save(ax.figure, path)
-    return True
+    plt.close(fig)
 
 
 def save_predictions(model, dataset, cfg: Config, path: Path,
@@ -102,14 +78,6 @@ def save_panoptic(model, dataset, cfg: Config, path: Path, count: int = GRID_COL
     return count
 
 
-def table1_markdown(metrics: Mapping[str, float]) -> str:
-    """The eight Table 1 columns of a panoptic evaluation as a one-row Markdown table."""
-    cells = ["–" if metrics.get(c) is None or not math.isfinite(metrics[c]) else f"{metrics[c]:.1f}"
-             for c in TABLE1_COLUMNS]
-    return "\n".join(["| " + " | ".join(TABLE1_COLUMNS) + " |", "|---" * len(TABLE1_COLUMNS) + "|",
-                      "| " + " | ".join(cells) + " |"])
-
-
 @torch.no_grad()
 def save_bases(model, dataset, cfg: Config, path: Path, index: int = 0) -> int:
     """One validation image (at the test size) beside its K bases; returns K."""
@@ -117,7 +85,7 @@ def save_bases(model, dataset, cfg: Config, path: Path, index: int = 0) -> int:
     resized, _ = resize_for_test(image, cfg.input.test_short_size, cfg.input.test_max_size)
     device = next(model.parameters()).device
     model.eval()
-    bases = model([resized.to(device)], return_internals=True)[0]["bases"].cpu()  # [K, h, w]
+    bases = model.bases_of([resized.to(device)])[0].cpu()  # [K, h, w]
     _save(vis.draw_bases(resized, bases), path)
     return len(bases)
 
@@ -152,7 +120,7 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
         f"- evaluated on {len(val_dataset)} validation images at a shorter side of "
         f"{cfg.input.test_short_size} px",
         *[f"- {note}" for note in notes], "",
-        "## COCO AP (percent)", "", metrics_table(metrics), "",
+        "## COCO AP (percent)", "", format_ap_table(metrics, markdown=True), "",
         "AP is averaged over IoU 0.50:0.95; APs/APm/APl are COCO's small (< 32²), medium and "
         "large (> 96² px) objects, \"–\" where no ground-truth object has that size. "
         "The precision–recall curves are in `pr_curve.png`, the detections in "
@@ -174,7 +142,7 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
         shown = save_panoptic(model, val_dataset, cfg, out / "panoptic.png")
         lines["panoptic"] = [
             "## Panoptic segmentation (the paper's Table 1 columns, percent)", "",
-            table1_markdown(metrics), "",
+            format_table1([metrics], markdown=True, labels=False), "",
             "PQ = SQ × RQ per class, averaged over the classes (things: "
             f"{', '.join(val_dataset.categories.thing_names)}; stuff: "
             f"{', '.join(val_dataset.categories.semantic_names[1:])}); mIoU is the semantic "

@@ -11,14 +11,15 @@ of the K bases should count. The blender resizes it to R × R and soft-maxes it 
 Channel layout is **K-major** (gotcha 16): channel k·M² + i·M + j is basis k, row i, column j,
 so ``vector.reshape(K, M, M)`` gives the maps. No activation, no clamp (gotcha 2).
 
-Two ways to read the per-level maps (N, K·M·M, h, w):
-  ``flatten_attentions``  every location, in the FCOS batch order (training: the positives);
-  ``gather_attentions``   only chosen locations (DESIGN §3 "carry indices, not features").
-And a way not to make the maps at all: ``attentions_at`` (``TopModule.at_locations``) evaluates
-the conv only at the chosen locations — the ≤ 100 detections that survive NMS at inference, the
-positives in training. The dense conv is 784 output channels over every location of every level,
-at 512² about as much work as three more convs of the FCOS tower, for vectors that are almost all
-thrown away.
+Two ways to compute the same vectors, and a test (``tests/test_attention.py``) that they agree:
+  ``TopModule.forward``        the definition: the dense conv, (N, K·M·M, h, w) at every location
+                               of every level — what the paper draws, and what notebook 03 shows;
+  ``TopModule.at_locations``   what the model runs (``attentions_at``): the conv evaluated only at
+                               chosen locations — the ≤ 100 detections that survive NMS at
+                               inference, the positives in training (DESIGN §3, "carry indices,
+                               not features").
+The dense conv is 784 output channels over every location of every level, at 512² about as much
+work as three more convs of the FCOS tower, for vectors that are almost all thrown away.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blendmask_edu.modeling.fcos import flatten_predictions
-
-__all__ = ["TopModule", "attentions_at", "flatten_attentions", "gather_attentions"]
+__all__ = ["TopModule", "attentions_at"]
 
 
 class TopModule(nn.Module):
@@ -57,8 +56,8 @@ class TopModule(nn.Module):
 
     def at_locations(self, box_tower: Sequence[Tensor], image_index: Tensor,
                      locations_index: Tensor) -> Tensor:
-        """(D, K·M·M): the same rows as ``gather_attentions(self(box_tower), …)``, computed only
-        at the D chosen locations (see :func:`attentions_at`)."""
+        """(D, K·M·M): the rows of ``self(box_tower)`` at D chosen locations, computed only there
+        (see :func:`attentions_at`)."""
         return attentions_at(box_tower, image_index, locations_index, self.attn.weight,
                              self.attn.bias)
 
@@ -84,10 +83,10 @@ def attentions_at(box_tower: Sequence[Tensor], image_index: Tensor, locations_in
     box_tower        list over levels of (N, C_in, h_l, w_l), the conv's input
     image_index      (D,) int64 image of each chosen location
     locations_index  (D,) int64 index in ONE image's level-major flattened locations, as
-                     ``fcos_postprocess`` returns it (the convention of ``gather_attentions``)
+                     ``fcos_postprocess`` returns it
     weight           (K·M·M, C_in, 3, 3);  bias (K·M·M,) or None
-    Returns (D, K·M·M), equal to
-    ``gather_attentions([conv2d(f, weight, bias, padding=1) for f in box_tower], …)``.
+    Returns (D, K·M·M): row d is the dense conv ``conv2d(f, weight, bias, padding=1)`` of
+    image ``image_index[d]`` read at its location ``locations_index[d]``.
 
     The conv's output at one location is a dot product of the weight with the C_in × 3 × 3
     neighbourhood around that location, read from the zero-padded map as the conv reads it.
@@ -112,37 +111,3 @@ def attentions_at(box_tower: Sequence[Tensor], image_index: Tensor, locations_in
         window = window.permute(0, 3, 1, 2).reshape(count, channels * 9)
         patches = torch.where(in_level[:, None], window.to(patches.dtype), patches)
     return F.linear(patches, weight.flatten(1), bias)  # (D, K·M·M)
-
-
-def flatten_attentions(attn_per_level: Sequence[Tensor]) -> Tensor:
-    """Per-level maps (N, K·M·M, h, w) → (N·L, K·M·M) in the FCOS batch order (level, image, y, x).
-
-    The same order as ``fcos.flatten_predictions`` and ``fcos.batch_targets`` (gotcha 15), so row
-    p is the attention of the location whose targets are row p.
-    """
-    return flatten_predictions(attn_per_level)
-
-
-def gather_attentions(attn_per_level: Sequence[Tensor], image_index: Tensor,
-                      locations_index: Tensor) -> Tensor:
-    """The attention vectors of D chosen locations, read straight from the per-level maps.
-
-    attn_per_level   list over levels of (N, K·M·M, h_l, w_l)
-    image_index      (D,) int64 image of each chosen location
-    locations_index  (D,) int64 index in ONE image's level-major flattened locations
-                     (0 ≤ index < L = Σ h_l·w_l), as ``fcos_postprocess`` returns it
-    Returns (D, K·M·M), row d = ``flatten(image image_index[d])[locations_index[d]]``.
-
-    Only D vectors per level are read (D·levels·K·M·M values), never all L·K·M·M: per level the
-    index is turned into (y, x) — clamped so that every row reads something valid — and the
-    rows that belong to the level are kept with ``torch.where``. No boolean indexing, hence no
-    host–device synchronisation. An index ≥ L gives a row of zeros.
-    """
-    first = attn_per_level[0]
-    image_index = image_index.to(device=first.device, dtype=torch.int64)
-    locations_index = locations_index.to(device=first.device, dtype=torch.int64)
-    out = first.new_zeros((locations_index.shape[0], first.shape[1]))  # (D, K·M·M)
-    for attn, in_level, y, x in _level_positions(attn_per_level, locations_index):
-        rows = attn[image_index, :, y, x]  # (D, K·M·M)
-        out = torch.where(in_level[:, None], rows.to(out.dtype), out)
-    return out

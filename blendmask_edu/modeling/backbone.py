@@ -1,4 +1,4 @@
-"""Backbone: a ResNet and a feature pyramid (FPN), P3–P7, plus P2 when the panoptic head needs it.
+"""Backbone: a ResNet and a feature pyramid (FPN), P3–P7, plus P2 for Panoptic-FPN's semantic head.
 
 Introduced in ``notebooks/01_fcos.ipynb``. Spec §1.
 
@@ -48,7 +48,7 @@ fails (offline), a ``RuntimeError`` names the URL and where to put the file:
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import pickle
 from collections import OrderedDict
@@ -61,8 +61,10 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
+
+from blendmask_edu.modeling.layers import make_norm
 
 # torchvision's ImageNet weights expect RGB in 0..1 normalised with these (per channel R, G, B).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,7 +77,6 @@ _RESNETS = {
     50: (models.resnet50, models.ResNet50_Weights, Bottleneck, (3, 4, 6, 3)),
     101: (models.resnet101, models.ResNet101_Weights, Bottleneck, (3, 4, 23, 3)),
 }
-NORMS = ("frozen_bn", "bn", "gn")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # frozen_stages = k freezes the first k
 
 
@@ -168,17 +169,6 @@ def freeze_stages(body: nn.Sequential, frozen_stages: int) -> None:
     for module in frozen_modules(body, frozen_stages):
         module.eval()
         module.requires_grad_(False)
-
-
-def norm_layer(norm: str) -> Callable[[int], nn.Module]:
-    """The norm-layer factory ``channels → module`` for ``"frozen_bn"``, ``"bn"`` or ``"gn"``."""
-    if norm == "frozen_bn":
-        return FrozenBatchNorm2d
-    if norm == "bn":
-        return nn.BatchNorm2d
-    if norm == "gn":  # 32 groups, or the largest count dividing a narrow width (e.g. 16 for 16)
-        return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
-    raise ValueError(f"norm={norm!r}: expected one of {', '.join(NORMS)}")
 
 
 def narrow_resnet(depth: int, width: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
@@ -287,13 +277,13 @@ def build_resnet_fpn(depth: int = 50, pretrained: bool = False, weights_path: Op
     if depth not in _RESNETS:
         raise ValueError(f"depth={depth}: expected one of {', '.join(map(str, _RESNETS))}")
     levels = check_levels(levels)
-    norm_fn = norm_layer(norm)
+    norm_fn = functools.partial(make_norm, norm)  # channels → norm layer, as torchvision asks
     if width < 1:
         raise ValueError(f"width={width}: expected a positive stem width (64 = torchvision's)")
     imagenet = pretrained and weights_path is None
     if imagenet and width != 64:
         raise ValueError(f"width={width}: ImageNet weights exist only for width 64")
-    if imagenet and norm == "gn":
+    if imagenet and norm.lower() == "gn":
         raise ValueError("norm='gn' cannot load ImageNet weights (they hold BatchNorm statistics); "
                          "use 'frozen_bn' or 'bn'")
     if width == 64:

@@ -37,19 +37,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blendmask_edu.modeling.fcos import make_norm
+from blendmask_edu.modeling.layers import conv_norm_relu
 
 __all__ = ["BasisModule", "basis_roles", "basis_semantic_loss", "fuse_levels",
            "thing_semantic_targets"]
 
 
-def _conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
-    """3×3 conv → norm → ReLU; the conv has a bias only when there is no norm to absorb it."""
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "none")
+BASES_STRIDE = 4  # the bases' stride: the tower runs at stride 8 and is upsampled ×2 (spec §4.1)
+
+
+def _kaiming_uniform(conv: nn.Conv2d) -> None:
+    """The official bottom module's conv init: kaiming-uniform (a = 1), zero bias."""
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, make_norm(norm, out_channels, 32), nn.ReLU(inplace=True))
+
+
+def _conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    """3×3 conv → norm → ReLU with the bottom module's init (``layers.conv_norm_relu``)."""
+    return conv_norm_relu(in_channels, out_channels, norm, init=_kaiming_uniform)
 
 
 def fuse_levels(features: Sequence[Tensor]) -> Tensor:
@@ -80,7 +86,7 @@ class BasisModule(nn.Module):
     forward(features, with_semantic=None) with ``features`` the FPN levels (N, c_in, h_l, w_l),
     P3 first (extra levels, e.g. P6, P7, are ignored), returns a dict:
       bases       (N, K, H/4, W/4), twice P3's size
-      sem_logits  (N, C + 1, H/8, W/8) on P3, or None when the head is off or not asked for
+      thing_logits  (N, C + 1, H/8, W/8) on P3, or None when the head is off or not asked for
       fused       (N, c, H/8, W/8), the refined levels summed (the tower's input), which the
                   panoptic semantic head may share (``panoptic.share_basis_features``).
     ``with_semantic=None`` runs the head in training mode only (the official code runs it at
@@ -122,10 +128,10 @@ class BasisModule(nn.Module):
 
         if with_semantic is None:
             with_semantic = self.training
-        sem_logits = None
+        thing_logits = None
         if self.semantic_head is not None and with_semantic:
-            sem_logits = self.semantic_head(features[0])  # (N, C + 1, H/8, W/8), raw P3
-        return {"bases": bases, "sem_logits": sem_logits, "fused": fused}
+            thing_logits = self.semantic_head(features[0])  # (N, C + 1, H/8, W/8), raw P3
+        return {"bases": bases, "thing_logits": thing_logits, "fused": fused}
 
 
 def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: Sequence[Tensor],
@@ -160,12 +166,12 @@ def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: 
     return out
 
 
-def basis_semantic_loss(sem_logits: Tensor, targets: Tensor, weight: float = 0.3) -> Tensor:
+def basis_semantic_loss(thing_logits: Tensor, targets: Tensor, weight: float = 0.3) -> Tensor:
     """Auxiliary thing-semantic loss ``loss_basis_sem`` (spec §4.3, gotcha 13).
 
-    sem_logits  (N, C + 1, h, w) logits at stride s = H / h (8: P3)
+    thing_logits  (N, C + 1, h, w) logits at stride s = H / h (8: P3)
     targets     (N, H, W) int64 from ``thing_semantic_targets``, the padded batch
-    Returns weight · mean over all N·h·w pixels of −log softmax(sem_logits)[target].
+    Returns weight · mean over all N·h·w pixels of −log softmax(thing_logits)[target].
 
     The target is downsampled by keeping the top-left pixel of every s × s cell,
     ``targets[:, ::s, ::s]`` — exactly what the official ``F.interpolate(·, scale_factor=1/8,
@@ -173,14 +179,14 @@ def basis_semantic_loss(sem_logits: Tensor, targets: Tensor, weight: float = 0.3
     dim instead of dim 1 is what broke batch size 1, AdelaiDet issue #52). No ignore index:
     padding counts as background, as in the official code.
     """
-    n, _, h, w = sem_logits.shape
+    n, _, h, w = thing_logits.shape
     height, width = targets.shape[-2:]
     stride = height // h
     if targets.shape[0] != n or height != h * stride or width != w * stride:
         raise ValueError(f"targets {tuple(targets.shape)} are not the logits' {h}×{w} grid "
                          f"times one integer stride")
     sampled = targets[:, ::stride, ::stride].to(torch.int64)  # (N, h, w) top-left of each cell
-    return F.cross_entropy(sem_logits.float(), sampled) * weight
+    return F.cross_entropy(thing_logits.float(), sampled) * weight
 
 
 def _pearson(a: Tensor, b: Tensor) -> Tensor:

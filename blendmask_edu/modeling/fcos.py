@@ -26,9 +26,11 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from blendmask_edu.modeling.layers import conv_norm_relu
+
 __all__ = [
     "FCOSHead", "FCOSTargets", "assign_targets", "batch_targets", "compute_locations",
-    "decode_boxes", "encode_boxes", "flatten_predictions", "location_strides", "make_norm",
+    "decode_boxes", "flatten_predictions", "location_strides",
     "size_ranges_from_sizes", "split_batch_index",
 ]
 
@@ -220,16 +222,6 @@ def _stride_column(strides: Union[Tensor, float], like: Tensor) -> Tensor:
     return s[:, None] if s.dim() == 1 else s
 
 
-def encode_boxes(locations: Tensor, boxes: Tensor, strides: Union[Tensor, float]) -> Tensor:
-    """xyxy boxes (L, 4) seen from locations (L, 2) → (l, t, r, b) / s, (L, 4).
-
-    ``strides`` is (L,) or a scalar.
-    """
-    x, y = locations[:, 0], locations[:, 1]
-    ltrb = torch.stack([x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], dim=1)
-    return ltrb / _stride_column(strides, ltrb)
-
-
 def decode_boxes(locations: Tensor, ltrb: Tensor, strides: Union[Tensor, float]) -> Tensor:
     """(l, t, r, b) in stride units (L, 4) at locations (L, 2) → xyxy boxes (L, 4).
 
@@ -240,26 +232,12 @@ def decode_boxes(locations: Tensor, ltrb: Tensor, strides: Union[Tensor, float])
     return torch.stack([x - dist[:, 0], y - dist[:, 1], x + dist[:, 2], y + dist[:, 3]], dim=1)
 
 
-def make_norm(kind: str, channels: int, gn_groups: int = 32) -> nn.Module:
-    """``"GN"`` | ``"BN"`` | ``"none"`` for ``channels`` channels (the FCOS towers, the bottom module)."""
-    if kind == "GN":
-        # the largest group count ≤ gn_groups that divides the channels (32 for 256 channels)
-        groups = max(g for g in range(1, min(gn_groups, channels) + 1) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    if kind == "BN":
-        return nn.BatchNorm2d(channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"norm={kind!r}: expected 'GN', 'BN' or 'none'")
-
-
-def _tower(num_convs: int, in_channels: int, channels: int, norm: str,
-           gn_groups: int) -> nn.Sequential:
-    layers = []
-    for i in range(num_convs):
-        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
-                   make_norm(norm, channels, gn_groups), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+def _tower(num_convs: int, in_channels: int, channels: int, norm: str) -> nn.Sequential:
+    """``num_convs`` conv-norm-ReLU blocks as one flat Sequential (conv, norm, ReLU, conv, …),
+    the layout the checkpoints' parameter names follow (``cls_tower.0.weight``, …)."""
+    blocks = [conv_norm_relu(in_channels if i == 0 else channels, channels, norm, bias=True)
+              for i in range(num_convs)]
+    return nn.Sequential(*[layer for block in blocks for layer in block])
 
 
 class FCOSHead(nn.Module):
@@ -277,19 +255,20 @@ class FCOSHead(nn.Module):
       BlendMask top module reads.
 
     Differs from AdelaiDet: with ``norm="BN"`` one BatchNorm is shared by all levels; with GN,
-    the group count falls to a divisor of the channels when they are fewer than ``gn_groups``.
+    the group count falls to a divisor of the channels when 32 does not divide them
+    (``layers.make_norm``).
     """
 
     def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4,
-                 channels: Optional[int] = None, norm: str = "GN", gn_groups: int = 32,
+                 channels: Optional[int] = None, norm: str = "GN",
                  prior_prob: float = 0.01, num_shared_convs: int = 0):
         super().__init__()
         channels = in_channels if channels is None else channels
         self.num_classes = num_classes
-        self.shared_tower = _tower(num_shared_convs, in_channels, channels, norm, gn_groups)
+        self.shared_tower = _tower(num_shared_convs, in_channels, channels, norm)
         tower_in = channels if num_shared_convs > 0 else in_channels
-        self.cls_tower = _tower(num_convs, tower_in, channels, norm, gn_groups)
-        self.box_tower = _tower(num_convs, tower_in, channels, norm, gn_groups)
+        self.cls_tower = _tower(num_convs, tower_in, channels, norm)
+        self.box_tower = _tower(num_convs, tower_in, channels, norm)
         out = channels if num_convs > 0 else tower_in
         self.out_channels = out  # channels of the box tower output
         self.cls_logits = nn.Conv2d(out, num_classes, 3, padding=1)

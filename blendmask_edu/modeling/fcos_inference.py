@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from blendmask_edu.config import FCOSConfig
 from blendmask_edu.modeling.fcos import decode_boxes
 
 __all__ = ["fcos_postprocess"]
@@ -27,8 +28,10 @@ __all__ = ["fcos_postprocess"]
 def fcos_postprocess(cls_logits: Sequence[Tensor], bbox_reg: Sequence[Tensor],
                      centerness: Sequence[Tensor], locations: Sequence[Tensor],
                      strides: Sequence[int], image_sizes: Sequence[Tuple[int, int]],
-                     score_thresh: float = 0.05, pre_nms_topk: int = 1000,
-                     nms_thresh: float = 0.6, max_detections: int = 100,
+                     score_thresh: float = FCOSConfig.score_thresh,
+                     pre_nms_topk: int = FCOSConfig.pre_nms_topk,
+                     nms_thresh: float = FCOSConfig.nms_thresh,
+                     max_detections: int = FCOSConfig.max_detections,
                      clip: bool = False) -> List[Dict[str, Tensor]]:
     """Detections of every image of a batch.
 

@@ -5,19 +5,20 @@ head* labels every pixel as one of 1 + S classes — class 0 "things" (all thing
 and the S stuff classes 1..S, void = 255 ignored — and a fixed heuristic, ``fuse``, lays the
 instances over that map. Introduced in ``notebooks/06_panoptic.ipynb``.
 
-    P3, P4, P5 (, P6, P7) ─per level: log2(s) − 2 × [3×3 conv, GN, ReLU, bilinear ×2]─▶ stride 4
-      ─sum─▶ 1×1 conv → 1 + S                                        (N, 1 + S, H/4, W/4)
+    P2, P3, P4, P5 ─per level: max(1, log2(s) − 2) × [3×3 conv, GN, ReLU, bilinear ×2 (not at
+      P2)]─▶ stride 4 ─sum─▶ 1×1 conv → 1 + S                        (N, 1 + S, H/4, W/4)
 
 Training: ``semantic_loss`` (``loss_sem_seg``) = 0.5 · cross-entropy of the logits upsampled ×4,
 against ``sem_seg`` targets that ``data.coco.CocoInstances`` makes on the fly from the panoptic
 PNGs. Inference: ``semantic_inference`` → per-pixel probabilities at the image size; ``fuse``
 turns them and the instance masks into a COCO panoptic id map + ``segments_info``.
 
-Differs from the official code: there is no P2 in this package, so every level starts at
-stride 8 or coarser (the official head also reads P2 with one conv block and no upsampling;
-a stride-4 input is still accepted). ``shared=True`` is an option the paper only suggests: the
-head reads the bottom module's fused stride-8 features (``BasisModule``'s ``fused``) instead
-of its own per-level stacks.
+The head reads P2–P5 (``SEMANTIC_LEVELS``), as Panoptic-FPN does: a model with its own
+semantic head asks the backbone for P2 besides the FCOS levels. ``shared=True`` is an option the
+paper only suggests: the head reads the bottom module's fused stride-8 features
+(``BasisModule``'s ``fused``) instead of its own per-level stacks, and needs no P2.
+
+The fusion's thresholds default to the config's (``config.PanopticConfig``), their one home.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blendmask_edu.config import PanopticConfig
 from blendmask_edu.conventions import IGNORE
-from blendmask_edu.modeling.fcos import make_norm
+from blendmask_edu.modeling.layers import conv_norm_relu
 
-__all__ = ["SemanticHead", "fuse", "pad_semantic_targets", "semantic_inference", "semantic_loss",
+SEMANTIC_LEVELS = (2, 3, 4, 5)  # the FPN levels Panoptic-FPN's semantic head reads
+
+__all__ = ["SEMANTIC_LEVELS", "SemanticHead", "fuse", "pad_semantic_targets", "semantic_inference", "semantic_loss",
            "stuff_area_for"]
 
 
@@ -47,13 +51,13 @@ class SemanticHead(nn.Module):
     in_channels  channels of the input maps (the FPN's 256, or the bottom module's 128 if shared)
     num_classes  1 + S: "things" + the stuff classes (``CategoryMap.num_semantic``)
     channels     width of the conv blocks (128)
-    strides      the input levels' strides, finest first: (8, 16, 32) for P3–P5 (tiny preset),
-                 (8, 16, 32, 64, 128) for P3–P7; each must be a power of two ≥ 4
+    strides      the input levels' strides, finest first: (4, 8, 16, 32) for P2–P5
+                 (Panoptic-FPN's); each must be a power of two ≥ 4
     norm         "GN" (32 groups, fewer if ``channels`` has no 32 divisor) | "BN" | "none"
     shared       False: forward(features), a list of (N, in_channels, h_l, w_l), one per stride
                  (extra levels are ignored). True: forward(fused), one (N, in_channels, H/8, W/8)
                  map, e.g. the bottom module's fused P3..P5 (``BasisModule(...)["fused"]``, its
-                 refined levels); only ``strides[0]`` is used: one conv block + ×2 to stride 4.
+                 refined levels), at stride 8 whatever ``strides`` says: one conv block + ×2.
 
     Returns logits (N, num_classes, H/4, W/4), H × W the padded image (``strides[0]`` × the
     first map's size). A level at stride s passes log2(s) − 2 blocks of 3×3 conv → norm → ReLU →
@@ -66,19 +70,17 @@ class SemanticHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128,
-                 strides: Sequence[int] = (8, 16, 32), norm: str = "GN", shared: bool = False):
+                 strides: Sequence[int] = tuple(2 ** level for level in SEMANTIC_LEVELS),
+                 norm: str = "GN", shared: bool = False):
         super().__init__()
-        strides = tuple(int(s) for s in strides)[:1] if shared else tuple(int(s) for s in strides)
+        strides = (8,) if shared else tuple(int(s) for s in strides)
         if not strides or any(s < 4 or s & (s - 1) for s in strides):
             raise ValueError(f"strides={strides}: need powers of two ≥ 4, finest first")
         self.strides, self.shared = strides, shared
         self.stacks = nn.ModuleList()
         for stride in strides:
-            blocks = [nn.Sequential(
-                nn.Conv2d(in_channels if j == 0 else channels, channels, 3, padding=1,
-                          bias=norm == "none"),
-                make_norm(norm, channels, 32), nn.ReLU(inplace=True))
-                for j in range(_num_blocks(stride))]
+            blocks = [conv_norm_relu(in_channels if j == 0 else channels, channels, norm)
+                      for j in range(_num_blocks(stride))]
             self.stacks.append(nn.ModuleList(blocks))
         self.predictor = nn.Conv2d(channels, num_classes, 1)
         for m in self.modules():
@@ -170,7 +172,7 @@ def semantic_inference(logits: Tensor, image_size: Tuple[int, int], padded_size:
     return up[0].argmax(0) if labels else up[0].softmax(0)
 
 
-def stuff_area_for(image_size: Tuple[int, int], coco_area: int = 4096,
+def stuff_area_for(image_size: Tuple[int, int], coco_area: int = PanopticConfig.stuff_area,
                    coco_image_area: int = 800 * 1200) -> int:
     """The stuff area limit scaled to an image: round(coco_area · H · W / coco_image_area).
 
@@ -182,7 +184,8 @@ def stuff_area_for(image_size: Tuple[int, int], coco_area: int = 4096,
 
 
 def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
-         score_thresh: float = 0.2, overlap_thresh: float = 0.4,
+         score_thresh: float = PanopticConfig.score_thresh,
+         overlap_thresh: float = PanopticConfig.overlap_thresh,
          stuff_area: Optional[int] = None, *, stuff_ids: Optional[Sequence[int]] = None,
          mask_thresh: float = 0.5, trace: Optional[List[dict]] = None) -> Tuple[Tensor, List[dict]]:
     """Panoptic-FPN's heuristic: instances over stuff → (id map (H, W) int64, segments_info).

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from blendmask_edu import config as config_lib
-from blendmask_edu.modeling.model import build_model
+from blendmask_edu.modeling.blendmask import build_model
 from blendmask_edu.utils import unwrap
 
 FORMAT = "blendmask_edu/1"

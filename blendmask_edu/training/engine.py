@@ -40,11 +40,11 @@ from tqdm import tqdm
 
 from blendmask_edu.config import Config, save_config
 from blendmask_edu.fileio import append_jsonl
+from blendmask_edu.plots import save_loss_curve
 from blendmask_edu.training import checkpoint as ckpt
 from blendmask_edu.training.distributed import get_rank, get_world_size, reduce_mean
 from blendmask_edu.training.sampling import batches
 from blendmask_edu.training.solver import build_optimizer, lr_factor
-from blendmask_edu.visualize import save_loss_curve
 
 CHECKPOINT_FILE, LOG_FILE, CONFIG_FILE, CURVE_FILE = (
     "last.pt", "metrics.jsonl", "config.json", "loss_curve.png")

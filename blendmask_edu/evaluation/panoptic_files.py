@@ -1,4 +1,4 @@
-"""Panoptic evaluation on disk: predictions in COCO's panoptic format, and the Table 1 row.
+"""Panoptic predictions on disk, in COCO's panoptic format, scored against the ground truth.
 
 ``evaluate.evaluate_coco`` uses this when the model is panoptic and the dataset has panoptic
 ground truth. Each image's fused id map (``BlendMask.fuse_panoptic``) becomes a PNG (id =
@@ -8,37 +8,29 @@ JSON, and its semantic labels are compared with the ground truth's for mIoU. The
     OUT/panoptic_{split}/*.png, OUT/panoptic_{split}.json ─panoptic_quality─▶ PQ, SQ, RQ (All,
     Things, Stuff, per class)
 
-and the row of the paper's Table 1: ``PQ``, ``SQ``, ``RQ``, ``PQ_th``, ``PQ_st``, ``mIoU``,
-``AP_box``, ``AP_th`` (box AP, and mask AP of the things), in percent. Introduced in
+which ``tables.table1_row`` turns into the paper's Table 1 columns. Introduced in
 ``notebooks/06_panoptic.ipynb``.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from blendmask_edu.data.files import id_to_rgb
+from blendmask_edu.data.files import id_to_rgb, load_json
 from blendmask_edu.evaluation.panoptic_quality import confusion_matrix, miou_from_confusion, panoptic_quality
+from blendmask_edu.fileio import write_json
 
-__all__ = ["PAPER_TABLE1", "TABLE1_COLUMNS", "PanopticPredictions", "format_table1",
-           "segments_to_coco", "table1_row"]
 
-TABLE1_COLUMNS = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "AP_box", "AP_th")
-
-# COCO val2017, the AdelaiDet README's panoptic table (spec §9.1). The cells it does not give
-# are None: they are not in the stored copy of the paper either.
-PAPER_TABLE1 = (
-    {"method": "Panoptic-FPN", "backbone": "R-50 3×", "PQ": 41.5, "PQ_th": 48.3, "PQ_st": 31.2},
-    {"method": "BlendMask", "backbone": "R-50 3×", "PQ": 42.5, "PQ_th": 49.5, "PQ_st": 32.0},
-    {"method": "Panoptic-FPN", "backbone": "R-101 3×", "PQ": 43.0, "PQ_th": 49.7, "PQ_st": 32.9},
-    {"method": "BlendMask", "backbone": "R-101 3×", "PQ": 44.3, "PQ_th": 51.6, "PQ_st": 33.2},
-)
+def prediction_paths(out_dir: Union[str, Path], split: str) -> Tuple[Path, Path]:
+    """Where an evaluation of ``split`` writes its panoptic predictions, in COCO's own naming:
+    (``out_dir/panoptic_{split}.json``, the PNG folder ``out_dir/panoptic_{split}/``)."""
+    folder = Path(out_dir) / f"panoptic_{split}"
+    return folder.with_name(folder.name + ".json"), folder
 
 
 def segments_to_coco(ids: np.ndarray, segments_info: Sequence[Mapping]) -> List[Dict]:
@@ -91,8 +83,8 @@ class PanopticPredictions:
         return miou_from_confusion(self.confusion)
 
     def write_json(self, path: Union[str, Path], categories: Sequence[Mapping]) -> Dict:
-        from blendmask_edu.evaluation.evaluate import write_json  # strict JSON, written atomically
-
+        """The predictions' JSON (``annotations`` as added, ``categories``) written to ``path``
+        (compact strict JSON, atomically) and returned."""
         data = {"annotations": self.annotations, "categories": [dict(c) for c in categories]}
         write_json(Path(path), data)
         return data
@@ -102,31 +94,8 @@ class PanopticPredictions:
         """``panoptic_quality`` of these predictions against the GT (only the images added)."""
         gt = gt_json
         if not isinstance(gt, Mapping):
-            from blendmask_edu.data.files import load_json
             gt = load_json(Path(gt), ("images", "annotations", "categories"))
         added = {a["image_id"] for a in self.annotations}
         gt = {**gt, "images": [im for im in gt["images"] if im["id"] in added],
               "annotations": [a for a in gt["annotations"] if a["image_id"] in added]}
         return panoptic_quality(gt, gt_folder, pred_json, self.folder)
-
-
-def table1_row(pq: Mapping, miou: float, ap_box: float, ap_things: float) -> Dict[str, float]:
-    """``panoptic_quality``'s dict, the mIoU and the box and thing-mask AP → the eight columns."""
-    return {"PQ": pq["All"]["pq"], "SQ": pq["All"]["sq"], "RQ": pq["All"]["rq"],
-            "PQ_th": pq["Things"]["pq"], "PQ_st": pq["Stuff"]["pq"], "mIoU": miou,
-            "AP_box": ap_box, "AP_th": ap_things}
-
-
-def format_table1(rows: Sequence[Mapping]) -> str:
-    """Rows with ``method``, ``backbone`` and any of the eight columns → a text table in the
-    paper's Table 1 layout; "–" for a cell a row does not have."""
-    header = f"{'method':<18}{'backbone':<16}" + "".join(f"{c:>8}" for c in TABLE1_COLUMNS)
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        cells = []
-        for column in TABLE1_COLUMNS:
-            value = row.get(column)
-            ok = value is not None and math.isfinite(value)
-            cells.append(f"{value:>8.1f}" if ok else f"{'–':>8}")
-        lines.append(f"{row.get('method', ''):<18}{row.get('backbone', ''):<16}" + "".join(cells))
-    return "\n".join(lines)
