@@ -265,3 +265,27 @@ def draw_detections(image, detection: Mapping[str, torch.Tensor],
     masks = masks.detach().cpu()[keep][:, 0] if masks is not None else None  # [D', H, W]
     return draw_instances(image, masks, detection["boxes"].detach().cpu()[keep], texts, ax=ax,
                           title=title)
+
+
+def save_prediction(target, title: str, image, det, panoptic, names, stuff_names, colors,
+                     score_thresh: float, fusion_thresh: float) -> None:
+    """The detections ``det`` on ``image`` (float [3, H, W]) and, beside them, the panoptic map
+    ``(segment ids [H, W], segments info)`` if there is one, saved as one PNG at ``target``
+    (what ``blendmask-edu predict`` writes per image). ``names`` / ``stuff_names`` map category
+    ids to names, ``colors`` ids to RGB; the thresholds are only printed in the titles."""
+    height, width = image.shape[-2:]
+    panels = 1 if panoptic is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 6.0 * height / width),
+                             squeeze=False)
+    draw_detections(image, det, names, score_thresh, ax=axes[0, 0],
+                    title=f"{title}: {len(det['scores'])} detections ≥ {score_thresh}")
+    if panoptic is not None:  # the fusion keeps instances ≥ its own threshold
+        ids, segments = panoptic
+        things = sum(s["isthing"] for s in segments)
+        draw_panoptic(ids.numpy(), segments, colors, thing_ids=list(names),
+                      names={**names, **stuff_names}, ax=axes[0, 1],
+                      title=f"panoptic: {things} things, {len(segments) - things} stuff "
+                            f"(instances ≥ {fusion_thresh})")
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)

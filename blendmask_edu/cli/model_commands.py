@@ -173,7 +173,7 @@ def cmd_predict(args) -> int:
     from blendmask_edu.evaluation.coco import RESULTS_FILE, to_coco_results
     from blendmask_edu.evaluation.inference import detect
     from blendmask_edu.fileio import write_json
-    from blendmask_edu.visualize import category_colors
+    from blendmask_edu.visualize import category_colors, save_prediction
 
     images = [read_image_file(path) for path in args.images]  # every file checked first
     model, cfg = _load(args)
@@ -193,37 +193,11 @@ def cmd_predict(args) -> int:
         results += to_coco_results(det, image_id)
         name = path.stem if path.stem not in used else f"{path.stem}_{index}"
         used.add(name)
-        _save_prediction(out / f"{name}.png", path.name, image, det, panoptic, names,
-                         stuff_names, colors, args.score_thresh, cfg.panoptic.score_thresh)
+        save_prediction(out / f"{name}.png", path.name, image, det, panoptic, names,
+                        stuff_names, colors, args.score_thresh, cfg.panoptic.score_thresh)
         print(f"{path}: {len(det['scores'])} detections"
               + (f", {len(panoptic[1])} panoptic segments" if panoptic is not None else "")
               + f" → {out / (name + '.png')}")
     write_json(out / RESULTS_FILE, results)
     print(f"wrote {out / RESULTS_FILE} ({len(results)} detections)")
     return 0
-
-
-def _save_prediction(target: Path, title: str, image, det, panoptic, names, stuff_names, colors,
-                     score_thresh: float, fusion_thresh: float) -> None:
-    """The detections ``det`` on ``image`` (float [3, H, W]) and, beside them, the panoptic map
-    ``(segment ids [H, W], segments info)`` if there is one, saved as one PNG."""
-    import matplotlib.pyplot as plt
-
-    from blendmask_edu.visualize import draw_detections, draw_panoptic
-
-    height, width = image.shape[-2:]
-    panels = 1 if panoptic is None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 6.0 * height / width),
-                             squeeze=False)
-    draw_detections(image, det, names, score_thresh, ax=axes[0, 0],
-                    title=f"{title}: {len(det['scores'])} detections ≥ {score_thresh}")
-    if panoptic is not None:  # the fusion keeps instances ≥ its own threshold
-        ids, segments = panoptic
-        things = sum(s["isthing"] for s in segments)
-        draw_panoptic(ids.numpy(), segments, colors, thing_ids=list(names),
-                      names={**names, **stuff_names}, ax=axes[0, 1],
-                      title=f"panoptic: {things} things, {len(segments) - things} stuff "
-                            f"(instances ≥ {fusion_thresh})")
-    fig.tight_layout()
-    fig.savefig(target, dpi=100)
-    plt.close(fig)

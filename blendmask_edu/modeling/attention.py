@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blendmask_edu.config import BlendMaskConfig
+
 __all__ = ["TopModule", "attentions_at"]
 
 
@@ -43,7 +45,8 @@ class TopModule(nn.Module):
     forward(box_tower: list of (N, in_channels, h, w)) → list of (N, K·M·M, h, w), K-major.
     """
 
-    def __init__(self, in_channels: int, num_bases: int = 4, attn_size: int = 14):
+    def __init__(self, in_channels: int, num_bases: int = BlendMaskConfig.num_bases,
+                 attn_size: int = BlendMaskConfig.attn_size):
         super().__init__()
         self.num_bases, self.attn_size = num_bases, attn_size
         self.out_channels = num_bases * attn_size * attn_size

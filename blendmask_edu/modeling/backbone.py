@@ -64,6 +64,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
+from blendmask_edu.config import BackboneConfig
 from blendmask_edu.modeling.layers import make_norm
 
 # torchvision's ImageNet weights expect RGB in 0..1 normalised with these (per channel R, G, B).
@@ -108,8 +109,9 @@ class ResNetFPN(nn.Module):
     ``out_channels`` (the FPN width), ``frozen_stages``.
     """
 
-    def __init__(self, body: nn.Sequential, body_channels: Sequence[int], fpn_channels: int = 256,
-                 levels: Sequence[int] = (3, 4, 5, 6, 7), frozen_stages: int = 0):
+    def __init__(self, body: nn.Sequential, body_channels: Sequence[int],
+                 fpn_channels: int = BackboneConfig.fpn_channels,
+                 levels: Sequence[int] = BackboneConfig.levels, frozen_stages: int = 0):
         super().__init__()
         levels = check_levels(levels)
         self.body = body
@@ -263,9 +265,12 @@ def load_trunk(body: nn.Sequential, state: Mapping[str, Tensor], source: str,
     body.load_state_dict(state, strict=False)
 
 
-def build_resnet_fpn(depth: int = 50, pretrained: bool = False, weights_path: Optional[str] = None,
-                     frozen_stages: int = 2, norm: str = "frozen_bn", fpn_channels: int = 256,
-                     levels: Sequence[int] = (3, 4, 5, 6, 7), width: int = 64) -> ResNetFPN:
+def build_resnet_fpn(depth: int = BackboneConfig.depth, pretrained: bool = False,
+                     weights_path: Optional[str] = None,
+                     frozen_stages: int = BackboneConfig.frozen_stages,
+                     norm: str = BackboneConfig.norm, fpn_channels: int = BackboneConfig.fpn_channels,
+                     levels: Sequence[int] = BackboneConfig.levels,
+                     width: int = BackboneConfig.width) -> ResNetFPN:
     """ResNet-``depth`` + FPN with outputs ``levels`` (``(3..7)`` = the paper's P3–P7).
 
     ``pretrained`` loads torchvision's ImageNet weights (cache or download); ``weights_path`` loads

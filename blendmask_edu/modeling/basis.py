@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blendmask_edu.config import BlendMaskConfig
 from blendmask_edu.modeling.layers import conv_norm_relu
 
 __all__ = ["BasisModule", "basis_roles", "basis_semantic_loss", "fuse_levels",
@@ -93,8 +94,10 @@ class BasisModule(nn.Module):
     inference only to visualise it); pass True to get the logits in eval mode too.
     """
 
-    def __init__(self, in_channels: int, num_bases: int = 4, channels: int = 128,
-                 num_convs: int = 3, in_features: int = 3, norm: str = "BN",
+    def __init__(self, in_channels: int, num_bases: int = BlendMaskConfig.num_bases,
+                 channels: int = BlendMaskConfig.basis_channels,
+                 num_convs: int = BlendMaskConfig.basis_convs, in_features: int = 3,
+                 norm: str = BlendMaskConfig.basis_norm,
                  semantic_classes: Optional[int] = None, semantic_channels: int = 128):
         super().__init__()
         if in_features < 1:
@@ -166,7 +169,8 @@ def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: 
     return out
 
 
-def basis_semantic_loss(thing_logits: Tensor, targets: Tensor, weight: float = 0.3) -> Tensor:
+def basis_semantic_loss(thing_logits: Tensor, targets: Tensor,
+                        weight: float = BlendMaskConfig.basis_semantic_weight) -> Tensor:
     """Auxiliary thing-semantic loss ``loss_basis_sem`` (spec §4.3, gotcha 13).
 
     thing_logits  (N, C + 1, h, w) logits at stride s = H / h (8: P3)
@@ -198,7 +202,7 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def basis_roles(bases: Tensor, masks: Tensor, stride: int = 4) -> Dict[str, Tensor]:
+def basis_roles(bases: Tensor, masks: Tensor, stride: int = BASES_STRIDE) -> Dict[str, Tensor]:
     """What each basis of one image responds to, as Pearson correlations in −1..1 (notebook 02).
 
     bases  (K, h, w) the bases of one image (its un-padded part)

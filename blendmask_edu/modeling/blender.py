@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import clip_boxes_to_image, roi_align, roi_pool
 
+from blendmask_edu.config import BlendMaskConfig
+
 __all__ = [
     "blend", "blend_training_loss", "crop_bases", "mask_loss", "mask_targets", "merge",
     "paste_masks", "postprocess_masks", "resize_attentions",
@@ -55,7 +57,7 @@ def _float(x: Tensor) -> Tensor:
 
 
 def crop_bases(bases: Tensor, rois: Tensor, resolution: int, spatial_scale: float,
-               pooler: str = "roi_align") -> Tensor:
+               pooler: str = BlendMaskConfig.pooler) -> Tensor:
     """Crop the bases of each instance's image with its box: eq. (1), r_d = RoIPool(B, p_d).
 
     bases (N, K, h, w) · rois (D, 5) = (batch index, x0, y0, x1, y1) in input pixels
@@ -75,7 +77,7 @@ def crop_bases(bases: Tensor, rois: Tensor, resolution: int, spatial_scale: floa
 
 
 def resize_attentions(attentions: Tensor, resolution: int, num_bases: Optional[int] = None,
-                      interpolation: str = "bilinear") -> Tensor:
+                      interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
     """Attention logits of each instance at the blender resolution: eq. (2), before the softmax.
 
     attentions (D, K·M·M) in K-major layout (channel k·M² + i·M + j is (k, i, j), spec §3),
@@ -113,8 +115,8 @@ def merge(crops: Tensor, attention_logits: Tensor) -> Tensor:
 
 
 def blend(bases: Tensor, attentions: Tensor, rois: Tensor, resolution: int,
-          spatial_scale: float, pooler: str = "roi_align",
-          interpolation: str = "bilinear") -> Tensor:
+          spatial_scale: float, pooler: str = BlendMaskConfig.pooler,
+          interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
     """Mask logits of D instances: crop, resize the attention, softmax over K, weighted sum.
 
     bases (N, K, h, w) · attentions (D, K·M·M) K-major, or (D, K, M, M)
@@ -179,8 +181,8 @@ def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
                         gt_boxes_per_image: Sequence[Tensor],
                         gt_masks_per_image: Sequence[Tensor], centerness: Tensor,
                         loss_denorm: Tensor, resolution: int, spatial_scale: float,
-                        all_attentions: Optional[Tensor] = None, pooler: str = "roi_align",
-                        interpolation: str = "bilinear") -> Tensor:
+                        all_attentions: Optional[Tensor] = None, pooler: str = BlendMaskConfig.pooler,
+                        interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
     """The BlendMask mask loss of a batch, spec §5.3 (all positives, no subsampling).
 
     bases (N, K, h, w) · attentions (P, K·M·M) of the FCOS positives · gt_index (P,) the
@@ -266,7 +268,8 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) 
 
 def postprocess_masks(bases: Tensor, attentions: Tensor, boxes: Tensor, batch_index: Tensor,
                       image_size: Tuple[int, int], resolution: int, spatial_scale: float,
-                      pooler: str = "roi_align", interpolation: str = "bilinear") -> Tensor:
+                      pooler: str = BlendMaskConfig.pooler,
+                      interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
     """Masks of D detections as image-sized probabilities (spec §5.4 steps 3–4).
 
     bases (N, K, h, w) · attentions (D, K·M·M) · boxes (D, 4) xyxy in input pixels ·

@@ -26,6 +26,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from blendmask_edu.config import FCOSConfig
 from blendmask_edu.modeling.layers import conv_norm_relu
 
 __all__ = [
@@ -259,9 +260,9 @@ class FCOSHead(nn.Module):
     (``layers.make_norm``).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4,
-                 channels: Optional[int] = None, norm: str = "GN",
-                 prior_prob: float = 0.01, num_shared_convs: int = 0):
+    def __init__(self, in_channels: int, num_classes: int, num_convs: int = FCOSConfig.num_convs,
+                 channels: Optional[int] = None, norm: str = FCOSConfig.head_norm,
+                 prior_prob: float = FCOSConfig.prior_prob, num_shared_convs: int = 0):
         super().__init__()
         channels = in_channels if channels is None else channels
         self.num_classes = num_classes

@@ -36,8 +36,8 @@ from blendmask_edu.modeling.layers import conv_norm_relu
 
 SEMANTIC_LEVELS = (2, 3, 4, 5)  # the FPN levels Panoptic-FPN's semantic head reads
 
-__all__ = ["SEMANTIC_LEVELS", "SemanticHead", "fuse", "pad_semantic_targets", "semantic_inference", "semantic_loss",
-           "stuff_area_for"]
+__all__ = ["SEMANTIC_LEVELS", "SemanticHead", "fuse", "pad_semantic_targets", "semantic_inference",
+           "semantic_loss", "stuff_area_for"]
 
 
 def _num_blocks(stride: int) -> int:
@@ -69,9 +69,10 @@ class SemanticHead(nn.Module):
     P5 gives a 2×3 P6) it keeps the levels aligned where a plain ×2 would not.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 128,
+    def __init__(self, in_channels: int, num_classes: int,
+                 channels: int = PanopticConfig.head_channels,
                  strides: Sequence[int] = tuple(2 ** level for level in SEMANTIC_LEVELS),
-                 norm: str = "GN", shared: bool = False):
+                 norm: str = PanopticConfig.head_norm, shared: bool = False):
         super().__init__()
         strides = (8,) if shared else tuple(int(s) for s in strides)
         if not strides or any(s < 4 or s & (s - 1) for s in strides):
@@ -126,7 +127,7 @@ def pad_semantic_targets(targets: Sequence[Tensor], size: Tuple[int, int],
     return out
 
 
-def semantic_loss(logits: Tensor, targets: Tensor, weight: float = 0.5,
+def semantic_loss(logits: Tensor, targets: Tensor, weight: float = PanopticConfig.loss_weight,
                   ignore: int = IGNORE) -> Tensor:
     """``loss_sem_seg`` = weight · mean over labelled pixels of −log softmax(up×4(logits))[target].
 
