@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from blendmask_edu.fileio import write_json
+from blendmask_edu.fileio import json_ready, write_json
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Config:
 
 def to_dict(cfg: Config) -> Dict[str, Any]:
     """The config as plain JSON-ready data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return json_ready(dataclasses.asdict(cfg))
 
 
 def _coerce(tp, value):
