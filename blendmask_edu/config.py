@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from blendmask_edu.fileio import json_ready, write_json
 
@@ -85,7 +86,10 @@ class PanopticConfig:
     loss_weight: float = 0.5                 # loss_sem_seg
     score_thresh: float = 0.2                # the paper's; the official config uses 0.45
     overlap_thresh: float = 0.4
-    stuff_area: int = 4096                   # px on an 800×1200 image; scaled to each image's area
+    # stuff regions under stuff_area px are dropped, counted at the original image size: the
+    # official 4096 on any image with a longer side ≥ 640 px (all of COCO); smaller images get
+    # it × (longer side / 640)², e.g. 164 px at 128 px (panoptic.stuff_area_for, the one rule)
+    stuff_area: int = 4096
 
 
 @dataclass
@@ -223,13 +227,56 @@ def _fits(tp, value) -> bool:
 
 
 def _type_name(tp) -> str:
-    """``Optional[float]`` → "float or null", ``Tuple[int, ...]`` → "a list of int, e.g. [1, 2]"."""
+    """``Optional[float]`` → "float or null", ``Tuple[int, ...]`` → "a list of int, e.g. 1,2"."""
     args = [a for a in typing.get_args(tp) if a is not Ellipsis]
     if typing.get_origin(tp) is Union:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
     if typing.get_origin(tp) is tuple:
-        return f"a list of {_type_name(args[0]) if args else 'values'}, e.g. [1, 2]"
+        inner = args[0] if args else None
+        example = "a,b" if inner is str else "1,2 or 1 2"
+        return f"a list of {_type_name(inner) if inner else 'values'}, e.g. {example} or [...]"
     return getattr(tp, "__name__", str(tp))
+
+
+def _element_type(tp):
+    """The element type of a list field (``Tuple[int, ...]`` → int, through Optional), or None
+    for a field that holds one value."""
+    if typing.get_origin(tp) is Union:
+        inner = [_element_type(a) for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else None
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return args[0] if args else Any
+    return None
+
+
+def _parse_one(tp, text: str):
+    """One command-line text as a value of type ``tp``: JSON if it reads as JSON and fits,
+    else the text itself (``"3"`` for a text field stays text). May not fit ``tp``."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    try:
+        coerced = _coerce(tp, parsed)
+    except (TypeError, ValueError):
+        coerced = parsed
+    return text if not _fits(tp, coerced) and _fits(tp, text) else coerced
+
+
+def _parse_list(tp, inner, text: str):
+    """One text for a list field: JSON (``[320, 352]``, ``null``), or the elements separated by
+    commas — and, for numbers, by spaces too (``320,352``, ``"320 352"``, ``320``). Names are
+    split at commas only: ``traffic light`` is one name."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    if parsed is None or isinstance(parsed, list):
+        return _parse_one(tp, text)
+    separators = r"," if inner is str else r"[,\s]+"
+    parts = [part.strip() for part in re.split(separators, text.strip())]
+    return tuple(_parse_one(inner, part) for part in parts if part)
 
 
 def _replace(cfg, parts, value):
@@ -240,23 +287,27 @@ def _replace(cfg, parts, value):
     return dataclasses.replace(cfg, **{head: value})
 
 
-def override(cfg: Config, key: str, value: str) -> Config:
-    """``override(cfg, "solver.base_lr", "0.01")`` → a new config. The text is read as JSON
-    (``[16, 32]``, ``null``, ``true``), else as plain text, and must fit the field's type; an
-    unknown key or a value of the wrong type is a ValueError that says what is expected."""
+def override(cfg: Config, key: str, value: Union[str, Sequence[str]]) -> Config:
+    """``override(cfg, "solver.base_lr", "0.01")`` → a new config; the one parser of the
+    command line's values. ``value`` is one text or, for a list field, several (the tokens a
+    user typed, one element each). A text is read as JSON (``[16, 32]``, ``null``, ``true``),
+    else as plain text; a list field also takes ``320``, ``320,352`` and ``"320 352"``
+    (:func:`_parse_list`). The result must fit the field's type; an unknown key, a value of the
+    wrong type or several values for a one-value field is a ValueError saying what is expected."""
     tp = _field_type(cfg, key)
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
-    try:
-        coerced = _coerce(tp, parsed)
-    except (TypeError, ValueError):
-        coerced = parsed
-    if not _fits(tp, coerced) and _fits(tp, value):
-        coerced = value  # "3" for a text field stays text
+    texts = [value] if isinstance(value, str) else list(value)
+    shown, inner = " ".join(texts), _element_type(tp)
+    if inner is None and len(texts) != 1:
+        raise ValueError(f"{key} {shown}: takes one value, not {len(texts)}; expected "
+                         f"{_type_name(tp)}")
+    if inner is None:
+        coerced = _parse_one(tp, texts[0])
+    elif len(texts) == 1:
+        coerced = _parse_list(tp, inner, texts[0])
+    else:
+        coerced = tuple(_parse_one(inner, text) for text in texts)
     if not _fits(tp, coerced):
-        raise ValueError(f"{key} {value}: expected {_type_name(tp)}")
+        raise ValueError(f"{key} {shown}: expected {_type_name(tp)}")
     return _replace(cfg, key.split("."), coerced)
 
 

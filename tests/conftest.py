@@ -203,3 +203,24 @@ def small_shapes(tmp_path_factory):
     assert main(["data", "shapes", "--out", str(root), "--train", "8", "--val", "2",
                  "--size", "64", "--quiet"]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Six 64 px shapes images (three batches of 2 an epoch)."""
+    from blendmask_edu.data.synthetic import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, num_train=6, num_val=2, size=64, seed=0, progress=False)
+    return root
+
+
+def shapes_train_set(root):
+    """The train split of ``root`` with the random training transforms: a shorter side of 48
+    or 64, flips."""
+    from blendmask_edu.data.coco import CocoInstances
+    from blendmask_edu.data.files import dataset_paths
+    from blendmask_edu.data.transforms import build_train_transforms
+
+    return CocoInstances.from_paths(dataset_paths(root, "train"),
+                                    transforms=build_train_transforms((48, 64), 64, 0.5))

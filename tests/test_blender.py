@@ -20,6 +20,7 @@ from blendmask_edu.modeling.blender import (
     paste_masks,
     postprocess_masks,
     resize_attentions,
+    scale_boxes,
 )
 
 IMAGE_H, IMAGE_W = 64, 80  # input size; bases at stride 4 → 16 × 20
@@ -301,6 +302,39 @@ def test_postprocess_clips_boxes_before_pooling():
     expected = paste_masks(blend(bases, attentions, rois, 14, SCALE).sigmoid(), clipped, (64, 80))
     torch.testing.assert_close(out[:, 0], expected)
     assert (out >= 0).all() and (out <= 1).all()
+
+
+def test_postprocess_pools_at_the_input_size_and_pastes_at_the_output_size():
+    # The test-time resize made a 96 × 120 image 64 × 80 (× 2/3): the boxes pool in the bases of
+    # the 64 × 80 input, and the same R × R maps are pasted into the 96 × 120 original.
+    g = torch.Generator().manual_seed(8)
+    bases = torch.randn(1, 4, 16, 20, generator=g)
+    attentions = torch.randn(2, 4 * 49, generator=g)
+    boxes = torch.tensor([[-10.0, 5.0, 30.0, 40.0], [50.0, 30.0, 95.0, 70.0]])
+    index = torch.zeros(2)
+    out = postprocess_masks(bases, attentions, boxes, index, (64, 80), 14, SCALE,
+                            output_size=(96, 120))
+    assert out.shape == (2, 1, 96, 120)
+    clipped = torch.tensor([[0.0, 5.0, 30.0, 40.0], [50.0, 30.0, 80.0, 64.0]])
+    probs = blend(bases, attentions, torch.cat([index[:, None], clipped], dim=1), 14,
+                  SCALE).sigmoid()
+    rescaled = clipped * 1.5  # 96 / 64 = 120 / 80
+    torch.testing.assert_close(scale_boxes(clipped, (64, 80), (96, 120)), rescaled)
+    torch.testing.assert_close(out[:, 0], paste_masks(probs, rescaled, (96, 120)))
+    # without output_size: the input size, as before
+    torch.testing.assert_close(postprocess_masks(bases, attentions, boxes, index, (64, 80), 14,
+                                                 SCALE)[:, 0], paste_masks(probs, clipped, (64, 80)))
+
+
+def test_scale_boxes_per_axis_and_clipped():
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 40.0], [70.0, 0.0, 80.0, 64.0]])
+    out = scale_boxes(boxes, (64, 80), (32, 200))  # × 0.5 vertically, × 2.5 horizontally
+    torch.testing.assert_close(out, torch.tensor([[25.0, 10.0, 125.0, 20.0],
+                                                  [175.0, 0.0, 200.0, 32.0]]))
+    assert torch.equal(scale_boxes(boxes, (64, 80), (64, 80)), boxes)
+    assert torch.equal(scale_boxes(torch.tensor([[-3.0, 2.0, 90.0, 70.0]]), (64, 80), (64, 80)),
+                       torch.tensor([[0.0, 2.0, 80.0, 64.0]]))
+    assert scale_boxes(torch.zeros(0, 4), (64, 80), (32, 40)).shape == (0, 4)
 
 
 @settings(max_examples=25, deadline=None)

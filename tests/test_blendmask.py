@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from blendmask_edu import build_model, get_config
+from blendmask_edu.config import override
 from blendmask_edu.data.coco import CocoInstances
 from blendmask_edu.data.files import dataset_paths
 from blendmask_edu.data.synthetic import generate_shapes
+from blendmask_edu.modeling.detector import build_fcos
 from blendmask_edu.training.engine import train
 
 
@@ -40,6 +42,27 @@ def test_contract_losses_and_predictions(two_images):
         assert det["masks"].shape == (count, 1, height, width)
         assert det["attentions"].shape == (count, 4 * 7 * 7)
         assert image_bases.shape == (4, -(-height // 4), -(-width // 4))
+
+
+def test_output_sizes_give_every_output_in_those_pixels():
+    # The eval contract of both detectors: asked for other sizes (the originals of resized
+    # images), boxes come back scaled to them, masks, semantic map and id map at them.
+    cfg = override(override(get_config("tiny"), "fcos.score_thresh", "0"),
+                   "fcos.max_detections", "10")
+    image = torch.rand(3, 64, 96)
+    scale = torch.tensor([120 / 96, 128 / 64] * 2)  # × 1.25 across, × 2 down: exact in float
+    for model in (build_fcos(cfg), build_model(cfg)):
+        model.eval()
+        with torch.no_grad():
+            (plain,), (out,) = model([image]), model([image], output_sizes=[(128, 120)])
+        assert len(out["boxes"]) == 10
+        torch.testing.assert_close(out["boxes"], plain["boxes"] * scale, rtol=0, atol=0)
+        assert torch.equal(out["scores"], plain["scores"])
+        assert torch.equal(out["labels"], plain["labels"])
+        with pytest.raises(ValueError, match="2 output sizes for 1 images"):
+            model([image], output_sizes=[(128, 120), (64, 96)])
+    assert out["masks"].shape == (10, 1, 128, 120) and out["sem_seg"].shape == (5, 128, 120)
+    assert out["panoptic"][0].shape == (128, 120)
 
 
 def _mask_iou(pred, gt):

@@ -155,8 +155,6 @@ def test_checkpoint_errors_are_one_line(trained_run, small_shapes, tmp_path, cap
 def test_argument_and_data_errors_are_one_line(trained_run, small_shapes, tmp_path, capsys):
     missing = tmp_path / "no_data"
     train = ["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet"]
-    unreadable = tmp_path / "broken.png"
-    unreadable.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     cases = [
         (train + ["--data", str(missing)], [str(missing), "blendmask-edu data shapes --out"]),
         (["train", "--preset", "small", "--data", str(small_shapes), "--out", str(tmp_path)],
@@ -165,13 +163,156 @@ def test_argument_and_data_errors_are_one_line(trained_run, small_shapes, tmp_pa
          ["--solver.base_lrr", "solver.base_lr"]),
         (train + ["--data", str(small_shapes), "--solver.base_lr", "fast"],
          ["--solver.base_lr fast", "expected float"]),
-        (["predict", "--checkpoint", str(trained_run / "last.pt"), str(unreadable),
-          "--out", str(tmp_path / "pred")], [str(unreadable), "cannot read the image"]),
+        (train + ["--data", str(small_shapes), "--solver.base_lr", "0.1", "0.2"],
+         ["--solver.base_lr 0.1 0.2: takes one value, not 2"]),
+        (train + ["--data", str(small_shapes), "--train-split", "train2017"],
+         ["instances_train2017.json", "the splits under", "train, val", "--train-split"]),
+        (["evaluate", "--checkpoint", str(trained_run / "last.pt"), "--data", str(small_shapes),
+          "--split", "test", "--out", str(tmp_path / "eval")],
+         ["instances_test.json", "train, val", "--split"]),
     ]
     for argv, expected in cases:
         code = main(argv)
         line = _one_error_line(capsys)
         assert code == 2 and all(e in line for e in expected), line
+
+
+def _broken_image(folder):
+    path = folder / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a PNG signature, then nothing
+    return path
+
+
+def test_predict_skips_unreadable_images_and_exits_1(trained_run, small_shapes, tmp_path, capsys):
+    import shutil
+
+    good = sorted((small_shapes / "val").glob("*.png"))
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    shutil.copy(good[0], first)
+    shutil.copy(good[1], second)
+    broken, absent = _broken_image(tmp_path), tmp_path / "absent.png"
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(trained_run / "last.pt"), str(first), str(broken),
+                 str(absent), str(second), "--out", str(out), "--score-thresh", "0.0"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 1, captured.err
+    assert len(lines) == 3, captured.err  # one per unreadable image, then the summary
+    assert lines[0].startswith(f"warning: {broken}: cannot read the image") and "skipped" in lines[0]
+    assert lines[1].startswith(f"warning: {absent}: image file not found")
+    assert lines[2] == (f"error: 2 of 4 images could not be read (skipped: {broken}, {absent})")
+    assert {p.name for p in out.glob("*.png")} == {"first.png", "second.png"}
+    results = json.loads((out / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {0, 3}  # the places of the readable images
+
+
+def test_predict_with_no_readable_image_loads_nothing(tmp_path, capsys):
+    """Nothing to do: exit 2 before the checkpoint is even read (this one does not exist)."""
+    broken, out = _broken_image(tmp_path), tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(tmp_path / "absent.pt"), str(broken),
+                 str(tmp_path / "absent.png"), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 3
+    assert lines[-1] == "error: none of the 2 image(s) could be read; nothing written"
+    assert not out.exists()
+
+
+def _renamed_copy(source, root, names, categories=None):
+    """A copy of the dataset at ``source`` with its splits renamed (``names``: old → new) and,
+    if given, its thing categories replaced by ``categories`` (annotations keep their ids)."""
+    import shutil
+
+    (root / "annotations").mkdir(parents=True)
+    for old, new in names.items():
+        shutil.copytree(source / old, root / new)
+        instances = json.loads((source / "annotations" / f"instances_{old}.json").read_text())
+        if categories is not None:
+            instances["categories"] = categories
+        (root / "annotations" / f"instances_{new}.json").write_text(json.dumps(instances))
+        panoptic = source / "annotations" / f"panoptic_{old}.json"
+        if panoptic.exists() and categories is None:
+            shutil.copy(panoptic, root / "annotations" / f"panoptic_{new}.json")
+            shutil.copytree(source / "annotations" / f"panoptic_{old}",
+                            root / "annotations" / f"panoptic_{new}")
+    return root
+
+
+def test_evaluate_finds_coco_split_names(trained_run, small_shapes, tmp_path, capsys):
+    """A root with val2017 only: ``evaluate`` without --split reads it, names it and writes
+    the panoptic predictions under COCO's name; the metrics are those of the training run."""
+    data = _renamed_copy(small_shapes, tmp_path / "coco", {"val": "val2017"})
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(trained_run / "last.pt"), "--data", str(data),
+                 "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert f"on 2 val2017 images of {data}" in printed and str(out / "panoptic_val2017.json") in printed
+    assert (out / "panoptic_val2017.json").is_file() and (out / "panoptic_val2017").is_dir()
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(
+        (trained_run / "metrics.json").read_text())
+
+
+def test_a_missing_image_stops_before_the_first_step(trained_run, small_shapes, tmp_path, capsys):
+    data = _renamed_copy(small_shapes, tmp_path / "data", {"train": "train", "val": "val"})
+    for name in sorted(p.name for p in (data / "train").glob("*.png"))[:2]:
+        (data / "train" / name).unlink()
+    (sorted((data / "val").glob("*.png"))[0]).unlink()
+    run = tmp_path / "run"
+    code = main(["train", "--preset", "tiny", "--data", str(data), "--out", str(run), *QUICK])
+    line = _one_error_line(capsys)
+    assert code == 2 and not (run / "last.pt").exists()
+    assert line.startswith(f"error: {data / 'train'}: 2 of ") and "image files" in line
+    assert "missing" in line and "instances_train.json" in line
+    code = main(["evaluate", "--checkpoint", str(trained_run / "last.pt"), "--data", str(data),
+                 "--out", str(tmp_path / "eval"), "--quiet"])
+    line = _one_error_line(capsys)
+    assert code == 2 and line.startswith(f"error: {data / 'val'}: 1 of 2 image files")
+
+
+def test_evaluate_refuses_a_checkpoint_of_other_classes(trained_run, small_shapes, tmp_path,
+                                                        capsys):
+    """The 5-class shapes model on data whose ids 1..5 are COCO's person, bicycle, car, ...:
+    one line naming both class lists and the flag; with the flag it runs."""
+    from blendmask_edu.data.coco_categories import COCO_THING_CATEGORIES
+
+    data = _renamed_copy(small_shapes, tmp_path / "coco", {"val": "val"},
+                         categories=[dict(c) for c in COCO_THING_CATEGORIES])
+    argv = ["evaluate", "--checkpoint", str(trained_run / "last.pt"), "--data", str(data),
+            "--out", str(tmp_path / "eval"), "--quiet"]
+    code = main(argv)
+    line = _one_error_line(capsys)
+    assert code == 2 and not (tmp_path / "eval").exists()
+    for part in (str(trained_run / "last.pt"), "model's 5 classes (1 circle,",
+                 "80 classes (1 person, 2 bicycle, 3 car, ...)", "--allow-class-mismatch"):
+        assert part in line, line
+    assert main(argv + ["--allow-class-mismatch"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["images"] == 2
+
+
+def test_offline_imagenet_weights_name_the_command_line_options(small_shapes, tmp_path,
+                                                                 monkeypatch, capsys):
+    """No network (the download is replaced by one that fails) and an empty hub cache: one
+    line naming the URL, --backbone.weights_path and --backbone.pretrained false; exit 2."""
+    import urllib.error
+
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    code = main(["train", "--preset", "tiny", "--data", str(small_shapes), "--out",
+                 str(tmp_path / "run"), *QUICK, "--backbone.width", "64",
+                 "--backbone.pretrained", "true"])
+    line = _one_error_line(capsys)
+    assert code == 2
+    for part in ("ImageNet weights of ResNet-18", "offline",
+                 "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                 "--backbone.weights_path FILE", "--backbone.pretrained false",
+                 str(tmp_path / "torch_home")):
+        assert part in line, line
 
 
 def test_bad_checkpoint_from_the_shell_has_no_traceback(small_shapes, tmp_path):
@@ -195,9 +336,29 @@ def test_overrides_parse_and_type_check():
     assert (cfg.solver.base_lr, cfg.blendmask.num_bases) == (0.01, 8)
     assert cfg.fcos.sizes_of_interest == (16.0, 40.0) and cfg.solver.clip_grad_norm is None
     for bad in (["--solver", "3"], ["--blendmask.num_bases", "2.5"], ["--solver.amp", "yes"],
-                ["--fcos.sizes_of_interest", "16"], ["--nope.key", "1"], ["stray"], ["--seed"]):
+                ["--solver.base_lr", "0.1", "0.2"], ["--nope.key", "1"], ["stray"], ["--seed"]):
         with pytest.raises(UsageError):
             apply_overrides(get_config("tiny"), parse_overrides(bad))
+
+
+def test_list_overrides_as_typed_on_the_command_line():
+    """``--input.train_short_sizes 320 352`` (unquoted: several tokens up to the next option),
+    ``320,352``, ``"320 352"``, ``320`` and JSON, through the real argument parser."""
+    from blendmask_edu.cli.common import apply_overrides, parse_overrides
+    from blendmask_edu.cli.main import build_parser
+    from blendmask_edu.presets import get_config
+
+    head = ["train", "--preset", "tiny", "--data", "D", "--out", "R"]
+    for typed, expected in ([["320", "352"], (320, 352)], [["320,352"], (320, 352)],
+                            [["320 352"], (320, 352)], [["320"], (320,)],
+                            [["[320, 352]"], (320, 352)]):
+        args, extra = build_parser().parse_known_args(
+            head + ["--input.train_short_sizes", *typed, "--max-iter", "3", "--seed=4"])
+        assert args.max_iter == 3  # the option after the values is still an option
+        cfg = apply_overrides(get_config("tiny"), parse_overrides(extra))
+        assert (cfg.input.train_short_sizes, cfg.seed) == (expected, 4), typed
+    assert parse_overrides(["--input.train_short_sizes", "320", "352", "--seed", "1"]) == [
+        ("input.train_short_sizes", ("320", "352")), ("seed", "1")]
 
 
 @pytest.fixture(scope="module")

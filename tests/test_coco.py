@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from blendmask_edu.data.check import Defect, check_dataset
+from blendmask_edu.data.check import Defect, check_dataset, split_findings
 from blendmask_edu.conventions import IGNORE
 from blendmask_edu.data.coco import CategoryMap, CocoInstances
 from blendmask_edu.data.files import dataset_paths, decode_segmentation, id_to_rgb, rgb_to_id
@@ -311,7 +311,7 @@ def test_check_dataset_finds_every_planted_defect(tiny_coco):
         d["annotations"].append({**find(d["annotations"], 11), "image_id": 1234})
         d["annotations"].append({**find(d["annotations"], 11)})  # duplicate annotation id
         d["images"].append({**find(d["images"], 3)})  # duplicate image id
-        find(d["annotations"], 13)["area"] += 50  # an RLE mask's area must be its pixel count
+        find(d["annotations"], 13)["area"] += 50  # a crowd's area: a note, as in real COCO
 
     def plant_panoptic(d):
         find(d["annotations"], 2)["segments_info"].pop(0)
@@ -320,19 +320,39 @@ def test_check_dataset_finds_every_planted_defect(tiny_coco):
 
     edit_json(tiny_coco.instances, plant)
     edit_json(tiny_coco.panoptic, plant_panoptic)
-    defects = check_dataset(tiny_coco.images_dir, tiny_coco.instances, tiny_coco.panoptic, progress=False)
-    text = "\n".join(map(str, defects))
-    assert all(isinstance(d, Defect) for d in defects)
-    expected = ["a.png: cannot decode the image", "d.png: image file not found",
-                "annotation 22: unknown category id 999", "annotation 12: zero or negative box",
-                "annotation 21: polygon with fewer than 3 points", "annotation 11: unknown image id 1234",
-                "annotation 11: annotation id 11 is duplicated", "image id 3 is duplicated",
-                "annotation 13: area",
-                "002.png: PNG holds segment id 70000", "003.png: segment 5: area",
-                "004.png: segment 5: bbox"]
-    for words in expected:
-        assert words in text, f"{words!r} not found in\n{text}"
-    assert len(defects) == len(expected)
+    findings = check_dataset(tiny_coco.images_dir, tiny_coco.instances, tiny_coco.panoptic, progress=False)
+    assert all(isinstance(d, Defect) for d in findings)
+    defects, notes = split_findings(findings)
+    expected = {"defect": ["a.png: cannot decode the image", "d.png: image file not found",
+                           "annotation 22: unknown category id 999", "annotation 12: zero or negative box",
+                           "annotation 21: polygon with fewer than 3 points",
+                           "annotation 11: unknown image id 1234",
+                           "annotation 11: annotation id 11 is duplicated", "image id 3 is duplicated",
+                           "002.png: PNG holds segment id 70000"],
+                "note": ["annotation 13: crowd area 106 but its RLE mask has 56 pixels",
+                         "003.png: segment 5: area", "004.png: segment 5: bbox"]}
+    for kind, found in (("defect", defects), ("note", notes)):
+        text = "\n".join(map(str, found))
+        for words in expected[kind]:
+            assert words in text, f"{words!r} not found among the {kind}s:\n{text}"
+        assert len(found) == len(expected[kind]) and all(f.kind == kind for f in found)
+
+
+def test_check_dataset_notes_and_defects_of_rle_geometry(tiny_coco):
+    """Crowd area: a note (COCO's own crowd areas differ, nothing reads them); a non-crowd RLE
+    area (COCOeval's area ranges) and any RLE box (box AP, crowd ignore regions): defects."""
+    def plant(d):
+        find(d["annotations"], 13)["area"] = 3  # crowd: 56 pixels
+        find(d["annotations"], 12)["area"] += 40  # non-crowd compressed RLE
+        find(d["annotations"], 21)["bbox"][0] += 3  # non-crowd uncompressed RLE
+
+    edit_json(tiny_coco.instances, plant)
+    findings = check_dataset(tiny_coco.images_dir, tiny_coco.instances, tiny_coco.panoptic, progress=False)
+    assert sorted((f.annotation_id, f.kind) for f in findings) == [(12, "defect"), (13, "note"), (21, "defect")]
+    edit_json(tiny_coco.instances, lambda d: find(d["annotations"], 13)["bbox"].__setitem__(2, 20))
+    findings = check_dataset(tiny_coco.images_dir, tiny_coco.instances, tiny_coco.panoptic, progress=False)
+    crowd = [(f.kind, f.problem.split()[0]) for f in findings if f.annotation_id == 13]
+    assert sorted(crowd) == [("defect", "bbox"), ("note", "crowd")]
 
 
 def test_check_dataset_bad_json(tmp_path):

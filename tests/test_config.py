@@ -43,15 +43,44 @@ def test_override_parses_types_and_rejects_unknown_keys():
         from_dict({**to_dict(cfg), "typo": 1})
 
 
-def test_override_rejects_a_string_for_a_list_and_a_bool_for_a_number():
+def test_override_reads_a_name_as_one_name_and_rejects_a_bool_for_a_number():
     cfg = get_config("tiny")
+    assert override(cfg, "panoptic.stuff_names", "sky").panoptic.stuff_names == ("sky",)  # not s, k, y
     with pytest.raises(ValueError, match="expected a list of str"):
-        override(cfg, "panoptic.stuff_names", "sky")  # not ("s", "k", "y")
+        override(cfg, "panoptic.stuff_names", "[1, 2]")
     with pytest.raises(ValueError, match="expected float"):
         override(cfg, "solver.base_lr", "true")  # not 1.0
     with pytest.raises(ValueError, match="expected a list of float"):
         override(cfg, "fcos.sizes_of_interest", "[true, 2]")
     assert override(cfg, "panoptic.stuff_names", '["sky"]').panoptic.stuff_names == ("sky",)
+
+
+@pytest.mark.parametrize("value", ["320", "320,352", "320 352", " 320 , 352 ", "[320, 352]",
+                                   ("320", "352"), ("320",)])
+def test_list_overrides_take_the_forms_a_user_types(value):
+    """One number, commas, spaces (a quoted value), JSON, or several tokens (an unquoted
+    ``--input.train_short_sizes 320 352``, handed over as a tuple)."""
+    sizes = override(get_config("tiny"), "input.train_short_sizes", value).input.train_short_sizes
+    texts = [value] if isinstance(value, str) else value
+    expected = tuple(int(t) for text in texts for t in text.strip("[] ").replace(",", " ").split())
+    assert sizes == expected and all(type(s) is int for s in sizes)
+
+
+def test_list_overrides_split_names_at_commas_only_and_scalars_take_one_value():
+    cfg = get_config("tiny")
+    names = override(cfg, "panoptic.stuff_names", "sky,traffic light").panoptic.stuff_names
+    assert names == ("sky", "traffic light")
+    assert override(cfg, "panoptic.stuff_names", ("sky", "traffic light")).panoptic.stuff_names == names
+    assert override(cfg, "fcos.sizes_of_interest", "16").fcos.sizes_of_interest == (16.0,)
+    assert override(cfg, "solver.steps", "").solver.steps == ()
+    assert override(cfg, "solver.base_lr", ("0.5",)).solver.base_lr == 0.5
+    with pytest.raises(ValueError, match=r"solver.base_lr 0.1 0.2: takes one value, not 2; "
+                                         r"expected float"):
+        override(cfg, "solver.base_lr", ("0.1", "0.2"))
+    with pytest.raises(ValueError, match=r"input.train_short_sizes 320,x: expected a list of int"):
+        override(cfg, "input.train_short_sizes", "320,x")
+    with pytest.raises(ValueError, match=r"expected a list of int"):
+        override(cfg, "input.train_short_sizes", ("320", "3.5"))
 
 
 def test_get_config_unknown_and_fresh_copies():

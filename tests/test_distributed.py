@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from blendmask_edu.data.coco_like import write_coco_like
 from blendmask_edu.data.synthetic import generate_shapes
 from blendmask_edu.training.checkpoint import load_checkpoint
 from blendmask_edu.training.distributed import (get_rank, get_world_size, init_distributed,
@@ -46,15 +47,19 @@ def test_one_process_helpers_are_identities(monkeypatch):
 
 
 def test_two_processes_match_one_on_the_whole_batch(tmp_path):
-    shapes, out = tmp_path / "shapes", tmp_path / "out"
+    """One torchrun launch (two processes) checks, in order: the averaged gradient, a 2-step
+    training, a signal to one process stopping both, and ``blendmask-edu train`` on a
+    COCO-layout dataset (see ``distributed_worker.py``)."""
+    shapes, out, coco = tmp_path / "shapes", tmp_path / "out", tmp_path / "coco"
     generate_shapes(shapes, num_train=4, num_val=2, size=64, seed=0, progress=False)
+    write_coco_like(coco, images_per_split=6, max_side=96)
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), str(Path(worker.__file__)), str(shapes),
-               str(out)]
+               str(out), str(coco)]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -88,3 +93,27 @@ def test_two_processes_match_one_on_the_whole_batch(tmp_path):
     trained = load_checkpoint(run / "last.pt")["model"]
     for name, value in model.state_dict().items():
         torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+    # a SIGINT to process 1 alone: both stop after the same iteration, last.pt holds it
+    stopped = [json.loads((out / f"stopped_rank{r}.json").read_text())["iteration"] for r in (0, 1)]
+    assert stopped == [2, 2]
+    assert load_checkpoint(out / "stopped" / "last.pt")["iteration"] == 2
+
+    # the command line under torchrun on train2017/val2017: one run folder, written once
+    cli_run = out / "cli_run"
+    assert done.stdout.count("train2017 / ") == 2, done.stdout[-3000:]  # each process's data line
+    assert sorted(p.name for p in cli_run.iterdir()) == sorted([
+        "config.json", "metrics.jsonl", "last.pt", "loss_curve.png", "metrics.json",
+        "coco_instances_results.json", "pr_curve.png", "panoptic_val2017.json",
+        "panoptic_val2017"])
+    assert [json.loads(line)["iter"] for line in
+            (cli_run / "metrics.jsonl").read_text().splitlines()] == [2]
+    metrics = json.loads((cli_run / "metrics.json").read_text())
+    assert metrics["images"] == 6 and "PQ" in metrics
+    saved = load_checkpoint(cli_run / "last.pt")
+    assert saved["iteration"] == 2 and saved["config"]["num_classes"] == 80
+    # the two processes end with the same parameters, those of last.pt (the BatchNorm running
+    # statistics are each process's own: DDP broadcasts them before each step, not after)
+    first, second = (torch.load(out / f"cli_params_rank{r}.pt", weights_only=True) for r in (0, 1))
+    for name, value in first.items():
+        assert torch.equal(value, second[name]) and torch.equal(value, saved["model"][name]), name

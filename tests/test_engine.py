@@ -16,16 +16,13 @@ from torch import nn
 
 from blendmask_edu import build_model
 from blendmask_edu.config import SolverConfig, load_config, save_config
-from blendmask_edu.data.coco import CocoInstances
-from blendmask_edu.data.files import dataset_paths
-from blendmask_edu.data.synthetic import generate_shapes
-from blendmask_edu.data.transforms import build_train_transforms
 from blendmask_edu.modeling.detector import build_fcos
 from blendmask_edu.presets import get_config
 from blendmask_edu.training.checkpoint import load_checkpoint
 from blendmask_edu.training.engine import train
 from blendmask_edu.training.sampling import batch_indices, batches
 from blendmask_edu.training.solver import build_optimizer, lr_factor
+from conftest import shapes_train_set
 
 
 @pytest.fixture(autouse=True)
@@ -157,20 +154,6 @@ def test_stream_restarts_anywhere_with_the_same_augmentation():
 # ----------------------------------------------------------------------------- runs
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """Six 64 px shapes images (three batches of 2 an epoch)."""
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes(root, num_train=6, num_val=2, size=64, seed=0, progress=False)
-    return root
-
-
-def _shapes_dataset(root):
-    """The shapes with the random training transforms: a shorter side of 48 or 64, flips."""
-    return CocoInstances.from_paths(dataset_paths(root, "train"),
-                                    transforms=build_train_transforms((48, 64), 64, 0.5))
-
-
 def _short_config(**solver):
     """The tiny preset with batches of 2, a 1-iteration warm-up and an LR step at 3."""
     cfg = get_config("tiny")
@@ -192,7 +175,7 @@ def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
     """On the CPU, 4 iterations in one go and 2 + 2 resumed end with the same weights. The resume
     is mid-epoch (3 batches an epoch) and the second half crosses an epoch and the LR step;
     sizes and flips are random."""
-    cfg, data = _short_config(), _shapes_dataset(shapes)
+    cfg, data = _short_config(), shapes_train_set(shapes)
     whole = _fresh_model(cfg)
     whole_log = train(whole, data, cfg, max_iter=4, progress=False, log_period=1)
     first = train(_fresh_model(cfg), data, cfg, max_iter=2, progress=False, log_period=1,
@@ -216,7 +199,7 @@ def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
 
 
 def test_run_files_evaluation_and_resume_notes(shapes, tmp_path, capsys):
-    cfg, data = _short_config(amp=True), _shapes_dataset(shapes)  # AMP: a no-op on the CPU
+    cfg, data = _short_config(amp=True), shapes_train_set(shapes)  # AMP: a no-op on the CPU
     model, calls = _fresh_model(cfg), []
 
     def evaluate(m):
@@ -265,7 +248,7 @@ class _NaNAt(nn.Module):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
-    cfg, data = _short_config(), _shapes_dataset(shapes)
+    cfg, data = _short_config(), shapes_train_set(shapes)
     model = _NaNAt(_fresh_model(cfg), at=3)
     path = tmp_path / "last.pt"
     with pytest.raises(FloatingPointError) as info:
@@ -320,7 +303,7 @@ def test_a_killed_run_leaves_a_loadable_checkpoint_and_resumes(shapes, tmp_path)
     killed_at = torch.load(run / "last.pt", weights_only=True)["iteration"]
     assert killed_at in (2, 4)
     (run / ".last.pt.x1y2.tmp").write_bytes(b"half")  # what a kill during a write would leave
-    log = train(_fresh_model(cfg), _shapes_dataset(shapes), cfg, max_iter=5, progress=False,
+    log = train(_fresh_model(cfg), shapes_train_set(shapes), cfg, max_iter=5, progress=False,
                 log_period=1, out_dir=run, resume=True)
     assert log[-1]["iter"] == 5 and load_checkpoint(run / "last.pt")["iteration"] == 5
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -1,4 +1,6 @@
-"""COCO AP through pycocotools (evaluation.coco), and evaluate_coco's files and numbers."""
+"""COCO AP through pycocotools (evaluation.coco), and evaluate_coco's files and numbers: in the
+original pixels, one image's masks in memory at a time, COCO's own category ids (things up to 90,
+53 stuff) on a COCO-like fixture."""
 
 import torch
 from pycocotools.coco import COCO
@@ -64,18 +66,21 @@ import torch.nn.functional as F  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch import nn  # noqa: E402
 
-from blendmask_edu.evaluation.coco import precision_curves, run_cocoeval  # noqa: E402
+from blendmask_edu.evaluation.coco import (AP_NAMES, RESULTS_FILE, precision_curves,  # noqa: E402
+                                           run_cocoeval)
 from blendmask_edu.evaluation.evaluate import evaluate_coco  # noqa: E402
 from blendmask_edu.evaluation.inference import predict_dataset  # noqa: E402
 from blendmask_edu.evaluation.metrics import read_metrics, write_metrics  # noqa: E402
+from blendmask_edu.modeling.panoptic import fuse  # noqa: E402
 from conftest import shapes_split  # noqa: E402
 
 
 class NoisyOracle(nn.Module):
     """A stand-in model that "detects" each image's ground truth, imperfectly: boxes jittered by
     up to 3 px, masks shifted by 1 px, every third object missed, one false positive per image
-    and random scores. It answers in the resized image's pixels, as a real model does, so that
-    evaluate_coco's mapping back to the original pixels is exercised too."""
+    and random scores. It answers at ``output_sizes`` when asked (evaluate asks for the original
+    sizes of the images it resized), else at the size of the image it is given, as the eval
+    contract says; ``sizes_seen`` records the (input, output) sizes of each call."""
 
     def __init__(self, dataset, seed=0):
         super().__init__()
@@ -84,14 +89,17 @@ class NoisyOracle(nn.Module):
         self.category_id = dataset.categories.category_id
         self.generator = torch.Generator().manual_seed(seed)
         self.calls = 0  # evaluate asks for the images in dataset order
+        self.sizes_seen = []
 
-    def forward(self, images):
+    def forward(self, images, output_sizes=None):
         outputs = []
-        for image in images:
+        for k, image in enumerate(images):
+            size = tuple(image.shape[-2:]) if output_sizes is None else tuple(output_sizes[k])
+            self.sizes_seen.append((tuple(image.shape[-2:]), size))
             target = self.targets[self.calls]
             self.calls += 1
             height, width = target["masks"].shape[-2:]
-            sy, sx = image.shape[-2] / height, image.shape[-1] / width
+            sy, sx = size[0] / height, size[1] / width
             keep = torch.arange(len(target["boxes"])) % 3 != 2
             jitter = torch.randint(-3, 4, (int(keep.sum()), 4), generator=self.generator)
             boxes = torch.cat([target["boxes"][keep] + jitter, torch.tensor([[2.0, 2, 20, 14]])])
@@ -99,7 +107,7 @@ class NoisyOracle(nn.Module):
             masks = torch.roll(target["masks"][keep], shifts=1, dims=-1).float()  # [D-1, H, W]
             false = torch.zeros(1, height, width)
             false[0, 2:14, 2:20] = 1.0
-            masks = F.interpolate(torch.cat([masks, false])[:, None], size=image.shape[-2:],
+            masks = F.interpolate(torch.cat([masks, false])[:, None], size=size,
                                   mode="nearest") * 0.9  # [D, 1, h, w] probabilities
             labels = torch.cat([self.category_id(target["labels"][keep]), torch.tensor([1])])
             scores = torch.rand(len(boxes), generator=self.generator)
@@ -142,8 +150,10 @@ def test_evaluate_coco_files_match_an_independent_pycocotools_run(shapes_val, tm
 
 
 def test_results_use_real_category_ids_and_original_pixels(shapes_val, tmp_path):
-    evaluate_coco(NoisyOracle(shapes_val), shapes_val, short_size=128, max_size=256,
-                  progress=False, out_dir=tmp_path)
+    model = NoisyOracle(shapes_val)
+    evaluate_coco(model, shapes_val, short_size=128, max_size=256, progress=False, out_dir=tmp_path)
+    # run at the test size, asked for the original size, one image per call
+    assert model.sizes_seen == [((128, 128), (64, 64))] * 2
     results = json.loads((tmp_path / "coco_instances_results.json").read_text())
     assert {r["category_id"] for r in results} <= set(shapes_val.categories.thing_ids)
     assert {r["image_id"] for r in results} == set(shapes_val.image_ids)
@@ -179,10 +189,11 @@ def test_write_metrics_merges_and_writes_nan_as_null(tmp_path):
 
 def test_no_detections_give_zero_ap_and_valid_files(shapes_val, tmp_path):
     class Blind(NoisyOracle):
-        def forward(self, images):
+        def forward(self, images, output_sizes=None):
+            sizes = output_sizes or [im.shape[-2:] for im in images]
             return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
                      "labels": torch.zeros(0, dtype=torch.int64),
-                     "masks": torch.zeros(0, 1, *im.shape[-2:])} for im in images]
+                     "masks": torch.zeros(0, 1, *size)} for size in sizes]
 
     flat = evaluate_coco(Blind(shapes_val), shapes_val, 64, 64, progress=False, out_dir=tmp_path)
     assert flat["AP"] == 0.0 and flat["mask_AP"] == 0.0 and flat["mask_APs"] == 0.0
@@ -190,3 +201,142 @@ def test_no_detections_give_zero_ap_and_valid_files(shapes_val, tmp_path):
     assert _strict_json(tmp_path / "metrics.json")["detections"] == 0
     assert json.loads((tmp_path / "coco_instances_results.json").read_text()) == []
     assert (tmp_path / "pr_curve.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+import weakref  # noqa: E402
+
+
+class TrackedMasks(nn.Module):
+    """A stand-in model whose every ``masks`` tensor is watched through a weak reference, so that
+    a test can count how many images' masks are still alive."""
+
+    def __init__(self, detections=5):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.detections, self.made = detections, []
+
+    def forward(self, images, output_sizes=None):
+        sizes = output_sizes or [im.shape[-2:] for im in images]
+        outputs = []
+        for height, width in sizes:
+            d = self.detections
+            masks = torch.zeros(d, 1, height, width)
+            masks[:, :, 2:10, 3:12] = 0.9
+            self.made.append(weakref.ref(masks))
+            outputs.append({"boxes": torch.tensor([[3.0, 2, 12, 10]] * d), "scores": torch.ones(d),
+                            "labels": torch.ones(d, dtype=torch.int64), "masks": masks})
+        return outputs
+
+
+def _alive_while_predicting(batch_size):
+    """For each image, how many images' masks are alive when ``on_image`` sees it, predicting
+    six 40 × 48 images resized to 80 × 96 for the model."""
+    model, seen, alive = TrackedMasks(), [], []
+
+    def on_image(target, det):
+        seen.append(weakref.ref(det["masks"]))
+        tensors = (ref() for ref in model.made + seen)  # detect may hand on the model's own
+        alive.append(len({id(t) for t in tensors if t is not None}))
+
+    dataset = [(torch.rand(3, 40, 48), {"image_id": i}) for i in range(6)]
+    results = predict_dataset(model, dataset, 80, 200, batch_size=batch_size, progress=False,
+                              on_image=on_image)
+    assert len(results) == 6 * 5 and all(r["segmentation"]["size"] == [40, 48] for r in results)
+    assert all(ref() is None for ref in model.made + seen)  # nothing kept once done
+    return alive
+
+
+def test_predict_dataset_keeps_one_images_masks_at_a_time():
+    # The masks of an image are encoded and dropped before the next image is pasted.
+    assert _alive_while_predicting(batch_size=1) == [1] * 6
+    # The check sees it when they are not: a batch of three holds three images' masks.
+    assert _alive_while_predicting(batch_size=3) == [3] * 6
+
+
+# ----------------------------------------------------------------------------- COCO's ids
+
+
+def test_results_carry_cocos_own_category_ids_up_to_90(tmp_path):
+    from blendmask_edu.data.coco import CocoInstances
+    from blendmask_edu.data.coco_like import write_coco_like
+    from blendmask_edu.data.files import dataset_paths
+
+    write_coco_like(tmp_path / "coco", splits=("val2017",), images_per_split=6, max_side=96)
+    dataset = CocoInstances.from_paths(dataset_paths(tmp_path / "coco", "val2017"))
+    assert max(dataset.categories.thing_ids) == 90 and len(dataset.categories.thing_ids) == 80
+    out = tmp_path / "eval"
+    flat = evaluate_coco(NoisyOracle(dataset), dataset, short_size=64, max_size=200,
+                         progress=False, out_dir=out)
+    results = json.loads((out / RESULTS_FILE).read_text())
+    annotated = {a["category_id"] for a in dataset.coco.dataset["annotations"]}
+    found = {r["category_id"] for r in results}
+    # ids as the dataset writes them, not contiguous indices 0..79 nor 1..80
+    assert found <= annotated | {1} and max(found) > 80
+    metrics = _strict_json(out / "metrics.json")
+    gt = COCO(str(dataset.instances_json))
+    for iou_type, prefix in (("bbox", ""), ("segm", "mask_")):
+        evaluator = COCOeval(gt, gt.loadRes(str(out / RESULTS_FILE)), iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        expected = [100.0 * v if v >= 0 else None for v in evaluator.stats[:6]]
+        assert [metrics[iou_type][k] for k in AP_NAMES] == pytest.approx(expected, abs=1e-9)
+        assert 10.0 < flat[prefix + "AP"] < 95.0, iou_type
+
+
+class PanopticOracle(nn.Module):
+    """A stand-in panoptic model that answers each image (in dataset order) with its ground
+    truth at the size asked for: every non-crowd instance with score 1, ``sem_seg`` one-hot of
+    the GT semantic labels (void → "things"), fused with the model's rule as BlendMask does."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.semantic = nn.Identity()  # evaluate_coco looks for a semantic head
+        self.stuff_ids = list(dataset.categories.stuff_ids)
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.category_id = dataset.categories.category_id
+        self.calls = 0
+
+    def forward(self, images, output_sizes=None):
+        outputs = []
+        for k, image in enumerate(images):
+            _, target = self.items[self.calls]
+            self.calls += 1
+            size = tuple(image.shape[-2:]) if output_sizes is None else tuple(output_sizes[k])
+            assert tuple(target["masks"].shape[-2:]) == size  # asked for the original size
+            semantic = target["sem_seg"].clone()
+            semantic[semantic == 255] = 0
+            sem_seg = F.one_hot(semantic, 1 + len(self.stuff_ids)).permute(2, 0, 1).float()
+            masks, scores = target["masks"].float()[:, None], torch.ones(len(target["masks"]))
+            labels = self.category_id(target["labels"])
+            outputs.append({"boxes": target["boxes"], "scores": scores, "labels": labels,
+                            "masks": masks, "sem_seg": sem_seg,
+                            "panoptic": fuse(masks, scores, labels, sem_seg, 0.2, 0.4, 0,
+                                             stuff_ids=self.stuff_ids)})
+        return outputs
+
+
+def test_panoptic_evaluation_with_cocos_133_categories(tmp_path):
+    # COCO's panoptic side: 80 things and 53 stuff (ids 92–200), void 0, a crowd region, images
+    # resized for the test and answered at their original size. The ground truth scores 100.
+    from blendmask_edu.data.coco import CocoInstances
+    from blendmask_edu.data.coco_like import write_coco_like
+    from blendmask_edu.data.files import dataset_paths
+
+    write_coco_like(tmp_path / "coco", splits=("val2017",), images_per_split=6, max_side=96)
+    dataset = CocoInstances.from_paths(dataset_paths(tmp_path / "coco", "val2017"))
+    assert len(dataset.categories.stuff_ids) == 53 and dataset.categories.stuff_ids[-1] == 200
+    out = tmp_path / "eval"
+    metrics = evaluate_coco(PanopticOracle(dataset), dataset, short_size=64, max_size=200,
+                            progress=False, out_dir=out, split="val2017")
+    assert metrics["PQ"] == metrics["PQ_th"] == metrics["PQ_st"] == 100.0
+    assert metrics["mIoU"] == pytest.approx(100.0) and metrics["mask_AP"] == pytest.approx(100.0)
+    written = json.loads((out / "panoptic_val2017.json").read_text())
+    assert len(written["categories"]) == 133
+    found = {s["category_id"] for a in written["annotations"] for s in a["segments_info"]}
+    assert min(found) <= 90 and max(found) >= 92  # things and stuff under their COCO ids
+    assert len(list((out / "panoptic_val2017").glob("*.png"))) == len(dataset)

@@ -151,9 +151,10 @@ def test_semantic_inference_crops_the_padding_and_resizes():
     assert resized.shape == (3, 45, 75)
 
 
-def test_stuff_area_scales_with_the_image_area():
+def test_stuff_area_scales_below_cocos_image_size():
     assert stuff_area_for((800, 1200)) == 4096
-    assert stuff_area_for((128, 128)) == 70  # 4096 · 16384 / 960000 = 69.9
+    assert stuff_area_for((480, 640)) == 4096  # a COCO image: the official value as it is
+    assert stuff_area_for((128, 128)) == 164  # 4096 · (128 / 640)² = 163.8
 
 
 def test_head_overfits_one_shapes_image(shapes_val):
@@ -265,7 +266,7 @@ def test_fuse_places_stuff_of_at_least_stuff_area_on_free_pixels():
     assert "score" in segments[0] and "score" not in segments[1]
     assert (ids[10:, 8:] == 0).all()  # dropped stuff, things without an instance
     check_segments(ids, segments)
-    # the default limit is scaled to the image (stuff_area_for((20, 20)) = 2 px): all kept
+    # the default limit is scaled to the image (stuff_area_for((20, 20)) = 4 px): all kept
     _, segments = fuse(instance[None], torch.tensor([0.9]), torch.tensor([5]), sem)
     assert [s["category_id"] for s in segments] == [5, 1, 2, 3]
 

@@ -29,9 +29,12 @@ def preset(name: str):
         raise UsageError(str(error)) from None
 
 
-def parse_overrides(extra: Sequence[str]) -> List[Tuple[str, str]]:
+def parse_overrides(extra: Sequence[str]) -> List[Tuple[str, Union[str, Tuple[str, ...]]]]:
     """``["--solver.base_lr", "0.01", "--seed=3"]`` → ``[("solver.base_lr", "0.01"), ("seed", "3")]``;
-    dashes in a key become underscores. UsageError for a token that is not an override."""
+    dashes in a key become underscores. Every token up to the next ``--`` option is a value:
+    ``["--input.train_short_sizes", "320", "352"]`` → ``("input.train_short_sizes", ("320",
+    "352"))`` (a tuple when there are several; :func:`config.override` reads them, a one-value
+    field refuses several). UsageError for a token that is not an override."""
     pairs, i = [], 0
     while i < len(extra):
         token = extra[i]
@@ -39,12 +42,13 @@ def parse_overrides(extra: Sequence[str]) -> List[Tuple[str, str]]:
             raise UsageError(f"unexpected argument {token!r}; config overrides are written "
                              f"--section.key value (e.g. --solver.base_lr 0.01)")
         key, has_value, value = token[2:].partition("=")
-        if not has_value:
-            if i + 1 >= len(extra):
-                raise UsageError(f"--{key} needs a value")
+        values = [value] if has_value else []
+        while i + 1 < len(extra) and not extra[i + 1].startswith("--"):
             i += 1
-            value = extra[i]
-        pairs.append((key.replace("-", "_"), value))
+            values.append(extra[i])
+        if not values:
+            raise UsageError(f"--{key} needs a value")
+        pairs.append((key.replace("-", "_"), values[0] if len(values) == 1 else tuple(values)))
         i += 1
     return pairs
 
@@ -63,6 +67,14 @@ def apply_overrides(cfg, pairs: Sequence[Tuple[str, str]]):
     return cfg
 
 
+def offline_weights_message(error) -> str:
+    """The one line for the backbone's ``WeightsUnavailable`` (``depth``, ``url``, ``target``,
+    ``reason``): what failed and the command-line ways out."""
+    return (f"the ImageNet weights of ResNet-{error.depth} cannot be downloaded ({error.reason}); "
+            f"fetch {error.url} elsewhere and pass --backbone.weights_path FILE (or put it at "
+            f"{error.target}), or start from random weights with --backbone.pretrained false")
+
+
 def choose_device(name: Optional[str]):
     """The ``torch.device`` of ``--device`` (``cpu``, ``cuda`` or None: CUDA when available);
     UsageError for ``cuda`` on a machine without it."""
@@ -73,6 +85,28 @@ def choose_device(name: Optional[str]):
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine; use --device cpu")
     return pick_device(name)
+
+
+def _no_data(root: Path, split: str) -> DatasetError:
+    return DatasetError(root, f"data folder not found; make the shapes dataset with "
+                              f"`blendmask-edu data shapes --out {root}`, or put COCO files "
+                              f"there: images in {root / split}/ and "
+                              f"{root / 'annotations'}/instances_{split}.json")
+
+
+def split_name(root: Union[str, Path], split: Optional[str], role: str,
+               flag: Optional[str] = None) -> str:
+    """The split of the dataset at ``root`` to use as ``role`` ("train" or "val"): ``split``
+    (the user's ``--train-split`` / ``--val-split`` / ``--split``, named ``flag`` in errors) if
+    given, else ``train`` or ``train2017`` (``val`` or ``val2017``), whichever is there
+    (:func:`blendmask_edu.data.files.resolve_split`). DatasetError when the folder is missing
+    (saying how to make data) or no split fits (listing those found)."""
+    from blendmask_edu.data.files import SPLIT_DEFAULTS, resolve_split
+
+    root = Path(root)
+    if not root.is_dir():
+        raise _no_data(root, split or SPLIT_DEFAULTS[role][0])
+    return resolve_split(root, split, role, flag)
 
 
 def open_split(root: Union[str, Path], split: str, transforms=None, include_empty: bool = True,
@@ -86,10 +120,7 @@ def open_split(root: Union[str, Path], split: str, transforms=None, include_empt
 
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(root, f"data folder not found; make the shapes dataset with "
-                                 f"`blendmask-edu data shapes --out {root}`, or put COCO files "
-                                 f"there: images in {root / split}/ and "
-                                 f"{root / 'annotations'}/instances_{split}.json")
+        raise _no_data(root, split)
     paths = dataset_paths(root, split)
     if panoptic is None:
         panoptic = paths.panoptic is not None and paths.panoptic_dir is not None
@@ -101,6 +132,27 @@ def open_split(root: Union[str, Path], split: str, transforms=None, include_empt
                          paths.panoptic if panoptic else None,
                          paths.panoptic_dir if panoptic else None, transforms=transforms,
                          include_empty=include_empty)
+
+
+def training_sets(data, cfg, train_split: str, val_split: str):
+    """(train split with the training transforms and only images with objects, val split) of
+    the dataset at ``data`` (splits named, e.g. by :func:`split_name`); every image file of
+    both is checked to exist (a stat each) before any training step. UsageError when the train
+    split has fewer images with objects than one batch."""
+    from blendmask_edu.data.transforms import build_train_transforms
+
+    transforms = build_train_transforms(cfg.input.train_short_sizes, cfg.input.train_max_size,
+                                        cfg.input.flip_prob)
+    # Images without any object teach nothing here (the official recipe drops them too).
+    panoptic = cfg.panoptic.enabled
+    train_set = open_split(data, train_split, transforms, include_empty=False, panoptic=panoptic)
+    if len(train_set) < cfg.solver.batch_size:
+        raise UsageError(f"{data}: {len(train_set)} training images with objects, fewer than one "
+                         f"batch of {cfg.solver.batch_size}; add images or lower --solver.batch_size")
+    val_set = open_split(data, val_split, panoptic=panoptic)
+    for dataset in (train_set, val_set):  # hours in is too late to find a missing file
+        dataset.check_files()
+    return train_set, val_set
 
 
 def fit_categories(cfg, dataset):

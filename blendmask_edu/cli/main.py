@@ -1,20 +1,37 @@
 """The ``blendmask-edu`` command (also ``python -m blendmask_edu``).
 
     blendmask-edu data shapes  --out DIR [--train N] [--val N] [--size PX] [--seed S]
+    blendmask-edu data coco-like --out DIR [--images N] [--max-side PX] [--seed S]
     blendmask-edu data check   --images DIR --instances FILE [--panoptic FILE --panoptic-dir DIR]
+                               [--all-notes]
     blendmask-edu data subset  --instances FILE [--panoptic FILE] --out DIR [--images N]
                                [--categories a,b,...] [--seed S]
-    blendmask-edu data report  --data DIR [--split val] --out DIR
+    blendmask-edu data report  --data DIR [--split NAME] --out DIR
     blendmask-edu train        --preset NAME --data DIR --out RUN [--max-iter N] [--resume]
-                               [--checkpoint-period N] [--device cpu|cuda] [--section.key VALUE ...]
-    blendmask-edu evaluate     --checkpoint FILE --data DIR [--split val] --out DIR [--preset NAME]
+                               [--checkpoint-period N] [--train-split NAME] [--val-split NAME]
+                               [--device cpu|cuda] [--section.key VALUE ...]
+    blendmask-edu evaluate     --checkpoint FILE --data DIR [--split NAME] --out DIR [--preset NAME]
+                               [--allow-class-mismatch]
     blendmask-edu predict      --checkpoint FILE IMAGE... --out DIR [--score-thresh 0.3]
                                [--preset NAME]
     blendmask-edu demo         [--data DIR] [--out DIR] [--max-iter N] [--device cpu|cuda]
+                               [--train-split NAME] [--val-split NAME]
 
 ``train`` and ``demo`` take typed config overrides after the other options, one
 ``--section.key value`` pair each (``--solver.base_lr 0.01 --blendmask.num_bases 8``): the value
 is read as JSON (``[16, 32]``, ``null``, ``true``) or else as text, and must fit the field's type.
+A list field also takes ``320``, ``320,352``, ``"320 352"`` or ``320 352`` (every word up to
+the next ``--`` option).
+
+Split names: a dataset root in COCO's layout holds ``annotations/instances_NAME.json`` and the
+images in ``NAME/``. ``--train-split`` / ``--val-split`` (``evaluate``: ``--split``, the val
+split) choose NAME; by default ``train`` and ``val``, else COCO's ``train2017`` and ``val2017``.
+Every image file is checked to exist before the first step.
+
+Exit codes: 0; 1 (defects found, training diverged, some of ``predict``'s images unreadable);
+2 (a problem with the user's files or arguments, in one line — also ``predict`` when no image
+can be read); 130 (Ctrl-C) and 143 (SIGTERM): a training stopped by either has written
+``RUN/last.pt`` at the iteration reached, and ``--resume`` continues it exactly.
 
 Every problem with the user's files or arguments ends in one line that names the file or the
 argument and the problem, and exit code 2 — never a traceback.
@@ -27,11 +44,12 @@ share in :mod:`~blendmask_edu.cli.common`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
 from blendmask_edu.cli import data_commands, model_commands
-from blendmask_edu.cli.common import UsageError, parse_overrides
+from blendmask_edu.cli.common import UsageError, offline_weights_message, parse_overrides
 from blendmask_edu.data.errors import DatasetError
 
 
@@ -55,12 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=data_commands.cmd_shapes)
 
+    coco_like = data_subcommands.add_parser(
+        "coco-like", help="write a small dataset in COCO 2017's layout with COCO's properties")
+    coco_like.add_argument("--out", required=True, help="output folder (train2017/, val2017/, "
+                                                        "annotations/)")
+    coco_like.add_argument("--images", type=int, default=8, help="images per split (8; >= 6)")
+    coco_like.add_argument("--max-side", type=int, default=160,
+                           help="longer image side in px (160; 640 for COCO-sized images)")
+    coco_like.add_argument("--seed", type=int, default=0)
+    coco_like.set_defaults(func=data_commands.cmd_coco_like)
+
     check = data_subcommands.add_parser("check", help="list every defect of a COCO dataset")
     check.add_argument("--images", required=True, help="folder of the images")
     check.add_argument("--instances", required=True, help="COCO instances JSON")
     check.add_argument("--panoptic", help="COCO panoptic JSON")
     check.add_argument("--panoptic-dir", help="folder of the panoptic PNGs")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.add_argument("--all-notes", action="store_true",
+                       help=f"print every note (default: the first {data_commands.NOTES_SHOWN})")
     check.set_defaults(func=data_commands.cmd_check)
 
     subset = data_subcommands.add_parser("subset", help="write a smaller COCO-format dataset")
@@ -76,9 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = data_subcommands.add_parser("report", help="statistics and pictures of a dataset")
     report.add_argument("--data", required=True, help="dataset root (COCO layout)")
-    report.add_argument("--split", default="val")
+    report.add_argument("--split", help="split name, any instances_NAME.json "
+                                        "(default: val, else val2017)")
     report.add_argument("--out", required=True)
     report.set_defaults(func=data_commands.cmd_report)
+
+    def split_options(command):
+        command.add_argument("--train-split", help="split to train on, any instances_NAME.json "
+                                                   "(default: train, else train2017)")
+        command.add_argument("--val-split", help="split to evaluate on "
+                                                 "(default: val, else val2017)")
 
     def device_option(command):
         command.add_argument("--device", choices=("cpu", "cuda"),
@@ -98,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.add_argument("--checkpoint-period", type=int, help="iterations between checkpoints "
                                                              "(default: the preset's)")
+    split_options(train)
     device_option(train)
     train.set_defaults(func=model_commands.cmd_train, takes_overrides=True)
 
@@ -109,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="COCO box and mask AP (and PQ, for a panoptic model) of a checkpoint")
     checkpoint_options(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset root (COCO layout)")
-    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--split", help="split name, any instances_NAME.json "
+                                          "(default: val, else val2017)")
+    evaluate.add_argument("--allow-class-mismatch", action="store_true",
+                          help="evaluate even if the checkpoint's classes are not the data's")
     evaluate.add_argument("--out", required=True,
                           help="writes metrics.json, coco_instances_results.json, pr_curve.png")
     evaluate.set_defaults(func=model_commands.cmd_evaluate)
@@ -135,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train", type=int, default=2000, help="train images to generate (2000)")
     demo.add_argument("--val", type=int, default=200, help="val images to generate (200)")
     demo.add_argument("--size", type=int, default=128, help="image side in pixels (128)")
+    split_options(demo)
     device_option(demo)
     demo.set_defaults(func=model_commands.cmd_demo, takes_overrides=True)
     return parser
@@ -149,10 +191,17 @@ def _user_error(error: BaseException) -> bool:
     return checkpoint is not None and isinstance(error, checkpoint.CheckpointError)
 
 
+def _weights_unavailable(error: BaseException) -> bool:
+    """The backbone's report that the ImageNet weights cannot be had (offline)."""
+    backbone = sys.modules.get("blendmask_edu.modeling.backbone")  # imported if a model was built
+    return backbone is not None and isinstance(error, backbone.WeightsUnavailable)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command in ``argv`` (default: ``sys.argv[1:]``) and return its exit code: 0, 1
-    (defects found, training diverged), 2 (a problem with the user's files or arguments, in
-    one line) or 130 (interrupted)."""
+    (defects found, training diverged, some images unreadable), 2 (a problem with the user's
+    files or arguments, in one line), 130 (interrupted by Ctrl-C) or 143 (stopped by SIGTERM).
+    A training stopped by either signal has written ``RUN/last.pt`` first."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
@@ -166,10 +215,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FloatingPointError as error:  # the engine's report of a diverged training
         print(f"error: training diverged: {error}; try a lower --solver.base_lr", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # the engine's TrainingInterrupted has saved the run
+        if getattr(error, "path", None) is None:
+            print("interrupted", file=sys.stderr)
+        elif os.environ.get("RANK", "0") == "0":  # one line under torchrun, not one per process
+            again = ("run the same command again to continue" if args.command == "demo"
+                     else "continue with --resume")
+            print(f"{error}; {again}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
     except Exception as error:
+        if _weights_unavailable(error):
+            print(f"error: {offline_weights_message(error)}", file=sys.stderr)
+            return 2
         if not _user_error(error):
             raise
         print(f"error: {error}", file=sys.stderr)

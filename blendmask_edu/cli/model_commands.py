@@ -9,12 +9,14 @@ measures, :mod:`blendmask_edu.visualize` draws. Heavy modules are imported insid
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Union
 
 from blendmask_edu.cli.common import (UsageError, apply_overrides, choose_device, fit_categories,
-                                      open_split, preset, print_metrics)
+                                      open_split, preset, print_metrics, split_name,
+                                      training_sets)
 from blendmask_edu.data.errors import DatasetError
 
 DEFAULT_DATA = "data/shapes"
@@ -24,24 +26,10 @@ DEMO_PRESET = "tiny"
 # ----------------------------------------------------------------------------- training
 
 
-def _training_sets(data, cfg):
-    """(train split with the training transforms, val split) of the dataset at ``data``."""
-    from blendmask_edu.data.transforms import build_train_transforms
-
-    transforms = build_train_transforms(cfg.input.train_short_sizes, cfg.input.train_max_size,
-                                        cfg.input.flip_prob)
-    # Images without any object teach nothing here (the official recipe drops them too).
-    panoptic = cfg.panoptic.enabled
-    train_set = open_split(data, "train", transforms, include_empty=False, panoptic=panoptic)
-    if len(train_set) < cfg.solver.batch_size:
-        raise UsageError(f"{data}: {len(train_set)} training images with objects, fewer than one "
-                         f"batch of {cfg.solver.batch_size}; add images or lower --solver.batch_size")
-    return train_set, open_split(data, "val", panoptic=panoptic)
-
-
 def _run_training(args, cfg, data):
     """Train ``cfg`` on ``data`` into ``args.out`` and evaluate on val; returns
-    (model, cfg, val set, log of the whole run, metrics, training seconds of the whole run)."""
+    (model, cfg, val set, log of the whole run, metrics, training seconds of the whole run).
+    ``args.train_split`` and ``args.val_split`` are replaced by the split names used."""
     from blendmask_edu.config import describe
     from blendmask_edu.evaluation.evaluate import evaluate_coco
     from blendmask_edu.modeling.blendmask import build_model
@@ -51,10 +39,13 @@ def _run_training(args, cfg, data):
 
     # Under torchrun every process joins the group and takes its device (cuda:LOCAL_RANK or cpu).
     device = init_distributed(choose_device(args.device).type)
-    train_set, val_set = _training_sets(data, cfg)
+    args.train_split = split_name(data, args.train_split, "train")
+    args.val_split = split_name(data, args.val_split, "val")
+    train_set, val_set = training_sets(data, cfg, args.train_split, args.val_split)
     cfg = fit_categories(cfg, train_set)
     print(describe(cfg))
-    print(f"device {device}, {len(train_set)} train / {len(val_set)} val images from {data}")
+    print(f"device {device}, {len(train_set)} {args.train_split} / {len(val_set)} "
+          f"{args.val_split} images from {data}")
     seed_everything(cfg.seed)
     model = build_model(cfg)
     start = time.perf_counter()
@@ -66,7 +57,8 @@ def _run_training(args, cfg, data):
     if get_rank() != 0:  # one process evaluates and writes the files
         return model, cfg, val_set, log, {}, seconds
     metrics = evaluate_coco(model, val_set, cfg.input.test_short_size, cfg.input.test_max_size,
-                            device=device, progress=not args.quiet, out_dir=args.out)
+                            device=device, progress=not args.quiet, out_dir=args.out,
+                            split=args.val_split)
     return model, cfg, val_set, log, metrics, seconds
 
 
@@ -81,7 +73,7 @@ def cmd_train(args) -> int:
     if log:
         print(f"trained to iteration {log[-1]['iter']} in {seconds:.0f} s; "
               f"checkpoint {Path(args.out) / CHECKPOINT_FILE}")
-    print_metrics(metrics, Path(args.out), cfg)
+    print_metrics(metrics, Path(args.out), cfg, args.val_split)
     return 0
 
 
@@ -104,9 +96,9 @@ def cmd_demo(args) -> int:
     notes = [f"device {next(model.parameters()).device}; data {data} "
              f"({args.train} train / {args.val} val images of {args.size} px)"]
     report = write_report(out, model, val_set, log, metrics, cfg, train_seconds=seconds,
-                          notes=notes)
+                          notes=notes, split=args.val_split)
     print(f"demo finished in {time.perf_counter() - start:.0f} s (training {seconds:.0f} s)")
-    print_metrics(metrics, out, cfg)
+    print_metrics(metrics, out, cfg, args.val_split)
     print(f"report: {report}")
     return 0
 
@@ -128,21 +120,48 @@ def _load(args):
     return load_model(args.checkpoint, device=choose_device(args.device), preset=args.preset)
 
 
+def _classes(ids, names) -> str:
+    """``5 classes (1 circle, 2 triangle, 3 rectangle, ...)``: a count and the first few
+    (ids alone when ``names`` is empty)."""
+    shown = [f"{i} {n}" for i, n in zip(ids, names)] if names else [str(i) for i in ids]
+    return f"{len(ids)} classes ({', '.join(shown[:3])}{', ...' if len(ids) > 3 else ''})"
+
+
+def _check_classes(checkpoint, cfg, dataset) -> None:
+    """UsageError unless the model's classes (ids, and names when the config has them) are
+    the thing categories of ``dataset``: scoring a model's ids as other classes gives a
+    meaningless AP (a shapes model on COCO would score its circles as persons)."""
+    ids, names = _category_ids(cfg), list(cfg.class_names)
+    data_ids, data_names = list(dataset.categories.thing_ids), dataset.categories.thing_names
+    if ids == data_ids and (not names or names == data_names):
+        return
+    raise UsageError(f"{checkpoint}: the model's {_classes(ids, names)} are not the "
+                     f"{_classes(data_ids, data_names)} of {dataset.instances_json}; evaluate "
+                     f"on data with the model's classes, or pass --allow-class-mismatch to "
+                     f"score it anyway")
+
+
 def cmd_evaluate(args) -> int:
-    """``evaluate``: a checkpoint's AP (and PQ, for a panoptic model) on a split."""
+    """``evaluate``: a checkpoint's AP (and PQ, for a panoptic model) on a split (``--split``,
+    default the val split). The model's classes must be the split's thing categories unless
+    ``--allow-class-mismatch``; every image file is checked to exist before the first."""
     from blendmask_edu.evaluation.evaluate import evaluate_coco
 
+    split = split_name(args.data, args.split, "val", flag="--split")
     model, cfg = _load(args)
     # A panoptic model gets PQ where the data has panoptic ground truth, AP everywhere.
-    dataset = open_split(args.data, args.split, panoptic=None if cfg.panoptic.enabled else False)
+    dataset = open_split(args.data, split, panoptic=None if cfg.panoptic.enabled else False)
     predicted = _category_ids(cfg)
+    if not args.allow_class_mismatch:
+        _check_classes(args.checkpoint, cfg, dataset)
     if not set(predicted) & set(dataset.categories.thing_ids):
         raise UsageError(f"{args.checkpoint}: the model predicts category ids {predicted}, none "
                          f"of which is in {dataset.instances_json} ({dataset.categories.thing_ids})")
+    dataset.check_files()
     metrics = evaluate_coco(model, dataset, cfg.input.test_short_size, cfg.input.test_max_size,
-                            progress=not args.quiet, out_dir=args.out, split=args.split)
-    print(f"{args.checkpoint} (preset {cfg.name}) on {len(dataset)} {args.split} images of {args.data}")
-    print_metrics(metrics, Path(args.out), cfg, args.split)
+                            progress=not args.quiet, out_dir=args.out, split=split)
+    print(f"{args.checkpoint} (preset {cfg.name}) on {len(dataset)} {split} images of {args.data}")
+    print_metrics(metrics, Path(args.out), cfg, split)
     return 0
 
 
@@ -169,22 +188,32 @@ def read_image_file(path: Union[str, Path]):
 
 def cmd_predict(args) -> int:
     """``predict``: one PNG per image with its detections (and panoptic map), and the
-    detections above ``--score-thresh`` in ``coco_instances_results.json``."""
+    detections above ``--score-thresh`` in ``coco_instances_results.json``.
+
+    An image that cannot be read is skipped with a one-line warning and the others are done;
+    the exit code is then 1 and the last line says how many were skipped. When none can be
+    read nothing is loaded or written: one line per image and exit code 2 (like any problem
+    with the user's files).
+    """
     from blendmask_edu.evaluation.coco import RESULTS_FILE, to_coco_results
     from blendmask_edu.evaluation.inference import detect
     from blendmask_edu.fileio import write_json
     from blendmask_edu.visualize import category_colors, save_prediction
 
-    images = [read_image_file(path) for path in args.images]  # every file checked first
-    model, cfg = _load(args)
-    names = dict(zip(_category_ids(cfg), cfg.class_names))
-    stuff_names = dict(zip(cfg.panoptic.stuff_ids, cfg.panoptic.stuff_names))
-    colors = category_colors(list(names) + list(stuff_names))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results, used = [], set()
-    for index, (path, image) in enumerate(zip(map(Path, args.images), images)):
-        image = image.float().div(255)
+    model, out, results, used, unreadable = None, Path(args.out), [], set(), []
+    for index, path in enumerate(map(Path, args.images)):
+        try:
+            image = read_image_file(path).float().div(255)
+        except DatasetError as error:  # read one at a time: the images may not fit in memory
+            print(f"warning: {error}; skipped", file=sys.stderr)
+            unreadable.append(path)
+            continue
+        if model is None:  # the first readable image: only now is there work for the model
+            model, cfg = _load(args)
+            names = dict(zip(_category_ids(cfg), cfg.class_names))
+            stuff_names = dict(zip(cfg.panoptic.stuff_ids, cfg.panoptic.stuff_names))
+            colors = category_colors(list(names) + list(stuff_names))
+            out.mkdir(parents=True, exist_ok=True)
         det = detect(model, [image], cfg.input.test_short_size, cfg.input.test_max_size)[0]
         panoptic, _ = det.pop("panoptic", None), det.pop("sem_seg", None)
         keep = det["scores"] >= args.score_thresh
@@ -198,6 +227,16 @@ def cmd_predict(args) -> int:
         print(f"{path}: {len(det['scores'])} detections"
               + (f", {len(panoptic[1])} panoptic segments" if panoptic is not None else "")
               + f" → {out / (name + '.png')}")
+    total = len(args.images)
+    if model is None:
+        print(f"error: none of the {total} image(s) could be read; nothing written",
+              file=sys.stderr)
+        return 2
     write_json(out / RESULTS_FILE, results)
     print(f"wrote {out / RESULTS_FILE} ({len(results)} detections)")
+    if unreadable:
+        print(f"error: {len(unreadable)} of {total} images could not be read (skipped: "
+              f"{', '.join(map(str, unreadable[:3]))}{', ...' if len(unreadable) > 3 else ''})",
+              file=sys.stderr)
+        return 1
     return 0

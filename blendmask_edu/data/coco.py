@@ -20,8 +20,9 @@ from blendmask_edu.conventions import IGNORE
 
 from .errors import DatasetError
 from .files import (IMAGE_KEYS, TOP_KEYS, DatasetPaths, PathLike, decode_segmentation,
-                    index_entries, index_panoptic, load_json, make_coco, panoptic_stuff,
-                    read_image, read_panoptic, scan_annotations, skip_summary)
+                    index_entries, index_panoptic, load_json, make_coco, missing_files,
+                    missing_files_error, panoptic_stuff, read_image, read_panoptic,
+                    scan_annotations, skip_summary)
 from .transforms import boxes_from_masks
 from .validation import panoptic_problems
 
@@ -108,7 +109,8 @@ class CocoInstances(Dataset):
     Reads any COCO instance JSON — polygons, compressed or uncompressed RLE, ``iscrowd`` —
     via pycocotools. Item ``i``:
 
-    - ``image``: [3, H, W] float32 in 0..1 (grayscale, RGBA and palette images become RGB);
+    - ``image``: [3, H, W] float32 in 0..1 (grayscale, CMYK, RGBA and palette images become
+      RGB; the stored pixels, EXIF orientation ignored, as COCO's sizes and annotations are);
     - ``target``: ``boxes`` [G, 4] float32 xyxy (the tight box of each mask, x1 = last
       pixel + 1), ``labels`` [G] int64 contiguous thing indices (see ``categories``),
       ``masks`` [G, H, W] uint8, ``image_id`` int, and with a panoptic JSON ``sem_seg``
@@ -123,6 +125,8 @@ class CocoInstances(Dataset):
     DatasetError at the first. Image and panoptic PNG problems raise DatasetError when the
     item is loaded. ``include_empty=False`` keeps only images with at least one instance
     (the official recipe's FILTER_EMPTY_ANNOTATIONS). ``transforms(image, target)`` runs last.
+    :meth:`check_files` stats every image (and panoptic PNG) once, for a run to call before its
+    first step.
     """
 
     def __init__(self, images_dir: PathLike, instances_json: PathLike,
@@ -179,8 +183,38 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def missing_images(self) -> list:
+        """The image files of this dataset's images that do not exist (Paths, in image-id order;
+        a ``stat`` each, no decoding: see :func:`~blendmask_edu.data.files.missing_files`)."""
+        return missing_files(self.images_dir, [self.coco.imgs[i]["file_name"] for i in self.image_ids])
+
+    def check_files(self) -> None:
+        """Raise one DatasetError if any image file, or with panoptic labels any panoptic PNG,
+        is missing: ``DIR: N of M image files (listed in FILE) are missing (first: ...)``.
+
+        One call before the first training or evaluation step, so that a missing file stops the
+        run at once instead of when the loader reaches it. Returns None when every file is there.
+        """
+        if self.image_ids and not self.images_dir.is_dir():
+            raise DatasetError(self.images_dir, f"images folder not found; the {len(self.image_ids)} "
+                                                f"images of {self.instances_json} go here")
+        missing = self.missing_images()
+        if missing:
+            raise missing_files_error(self.images_dir, missing, len(self.image_ids),
+                                      listed_in=self.instances_json)
+        if self.panoptic_json is not None:
+            names = [self._panoptic[i]["file_name"] for i in self.image_ids]
+            missing = missing_files(self.panoptic_dir, names)
+            if missing:
+                raise missing_files_error(self.panoptic_dir, missing, len(names), "panoptic PNGs",
+                                          listed_in=self.panoptic_json)
+
     def load_image(self, i: int) -> torch.Tensor:
-        """Image ``i`` as [3, H, W] float32 in 0..1 (checked: exists, decodes, size as in JSON)."""
+        """Image ``i`` as [3, H, W] float32 in 0..1 (checked: exists, decodes, size as in JSON).
+
+        The stored pixels, EXIF orientation ignored: COCO's JSON ``width``/``height`` and its
+        annotations are in the stored pixels' frame, so turning the image would misplace them.
+        """
         info = self.coco.imgs[self.image_ids[i]]
         rgb = read_image(self.images_dir / info["file_name"], info)
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)

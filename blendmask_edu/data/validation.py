@@ -113,52 +113,78 @@ def validate_annotation(ann, image_info: Optional[dict], category_ids: Container
     return _segmentation_problem(ann["segmentation"], image_info["height"], image_info["width"])
 
 
-def rle_geometry_problem(ann: dict, image_info: dict) -> Optional[str]:
-    """For a valid RLE annotation: does its ``area`` and ``bbox`` agree with its mask? Else None.
+def rle_geometry_findings(ann: dict, image_info: dict) -> list:
+    """For a valid RLE annotation: do its ``area`` and ``bbox`` agree with its mask?
 
-    An RLE mask defines its pixels exactly, so ``area`` must be its pixel count (within 1 %)
-    and ``bbox`` its tight box (within 1 px). Polygons are not checked: COCO computes their
-    area and box from the polygon, which differ from the rasterised mask by design.
+    Returns a list of ``(kind, problem)``, kind ``"defect"`` or ``"note"`` (empty when they
+    agree). An RLE mask defines its pixels exactly, so ``area`` should be its pixel count (within
+    1 %) and ``bbox`` its tight box (within 1 px). Which disagreement is which:
+
+    - ``area`` of a crowd region (``iscrowd`` 1): a note. Real COCO's crowd areas are not their
+      masks' pixel counts, and nothing reads them: training drops crowd regions, COCOeval
+      ignores them in every area range whatever their area.
+    - ``area`` of any other annotation: a defect. COCOeval sorts ground truth into its small /
+      medium / large ranges by ``area``, so a wrong one moves AP_S, AP_M, AP_L.
+    - ``bbox`` (crowd or not): a defect. Box AP matches detections to it, and a crowd box is
+      the region within which COCOeval ignores detections.
+
+    Polygons are not checked: COCO computes their area and box from the polygon, which differ
+    from the rasterised mask by design.
     """
     segm = ann["segmentation"]
     if not isinstance(segm, dict):
-        return None
+        return []
     height, width = image_info["height"], image_info["width"]
     rle = mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
     area, box = float(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
+    found = []
     if "area" in ann and abs(float(ann["area"]) - area) > 0.01 * area + 1:
-        return f"area {ann['area']} but its RLE mask has {area:.0f} pixels"
+        if ann.get("iscrowd", 0):
+            found.append(("note", f"crowd area {ann['area']} but its RLE mask has {area:.0f} pixels "
+                                  f"(as in COCO; crowd areas are read by nothing)"))
+        else:
+            found.append(("defect", f"area {ann['area']} but its RLE mask has {area:.0f} pixels"))
     if max(abs(a - b) for a, b in zip(ann["bbox"], box)) > 1:
-        return f"bbox {ann['bbox']} but its RLE mask spans {[round(v) for v in box]}"
-    return None
+        found.append(("defect", f"bbox {ann['bbox']} but its RLE mask spans {[round(v) for v in box]}"))
+    return found
 
 
 def panoptic_problems(ids: np.ndarray, segments_info: Sequence[dict], check_stats: bool = False) -> list:
     """Disagreements between a panoptic id map [H, W] and its ``segments_info`` (problem strings).
 
     Checks ids both ways (every non-zero PNG id is described, every described id is drawn)
-    and duplicate segment ids; with ``check_stats`` also each segment's ``area`` and ``bbox``
-    ([x, y, w, h], w = last column − first column + 1) against its pixels.
+    and duplicate segment ids; with ``check_stats`` also :func:`panoptic_stats_problems`.
     """
     problems, seen = [], set()
     for seg in segments_info:
         if seg["id"] in seen:
             problems.append(f"duplicate segment id {seg['id']} in segments_info")
         seen.add(seg["id"])
-    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
-    drawn = {int(u) for u in uniq if u != 0}
+    drawn = {int(u) for u in np.unique(ids) if u != 0}
     problems += [f"PNG holds segment id {i} that is not in segments_info" for i in sorted(drawn - seen)]
     problems += [f"segments_info id {i} does not occur in the PNG" for i in sorted(seen - drawn, key=str)]
-    if check_stats:
-        area = dict(zip(uniq.tolist(), counts.tolist()))
-        for seg in segments_info:
-            if seg["id"] not in drawn:
-                continue
-            if "area" in seg and seg["area"] != area[seg["id"]]:
-                problems.append(f"segment {seg['id']}: area {seg['area']} but {area[seg['id']]} pixels")
-            if "bbox" in seg:
-                ys, xs = np.nonzero(ids == seg["id"])
-                box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-                if list(seg["bbox"]) != box:
-                    problems.append(f"segment {seg['id']}: bbox {seg['bbox']} but its pixels span {box}")
+    return problems + (panoptic_stats_problems(ids, segments_info) if check_stats else [])
+
+
+def panoptic_stats_problems(ids: np.ndarray, segments_info: Sequence[dict]) -> list:
+    """Each drawn segment's ``area`` and ``bbox`` ([x, y, w, h], w = last column − first column
+    + 1) against its pixels in the id map [H, W] → problem strings.
+
+    ``check_dataset`` reports these as notes, not defects: PQ (ours and panopticapi's) counts
+    segment areas from the PNG's pixels and reads no box; only ``data report``'s stuff shares
+    read ``area``.
+    """
+    problems = []
+    uniq, counts = np.unique(ids, return_counts=True)
+    area = dict(zip(uniq.tolist(), counts.tolist()))
+    for seg in segments_info:
+        if seg["id"] == 0 or seg["id"] not in area:
+            continue
+        if "area" in seg and seg["area"] != area[seg["id"]]:
+            problems.append(f"segment {seg['id']}: area {seg['area']} but {area[seg['id']]} pixels")
+        if "bbox" in seg:
+            ys, xs = np.nonzero(ids == seg["id"])
+            box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            if list(seg["bbox"]) != box:
+                problems.append(f"segment {seg['id']}: bbox {seg['bbox']} but its pixels span {box}")
     return problems

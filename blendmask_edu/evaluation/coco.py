@@ -60,8 +60,10 @@ def encode_masks(masks: torch.Tensor, size: Tuple[int, int]) -> List[Dict]:
         return []
     if tuple(masks.shape[-2:]) != tuple(size):
         masks = F.interpolate(masks.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    binary = (masks[:, 0] >= 0.5).cpu().numpy().astype(np.uint8)  # [D, H, W]
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    # [D, W, H] in C order is [H, W, D] in Fortran order, the layout pycocotools reads: one
+    # byte per pixel and no further copy
+    binary = (masks[:, 0].transpose(1, 2) >= 0.5).contiguous().cpu().numpy().view(np.uint8)
+    rles = mask_utils.encode(binary.transpose(2, 1, 0))  # [H, W, D]
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles

@@ -42,12 +42,14 @@ from blendmask_edu.utils import unwrap
 PR_CURVE_FILE = "pr_curve.png"
 
 
-def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: int = 8,
+def evaluate_coco(model, dataset, short_size: int, max_size: int, batch_size: int = 1,
                   device: Optional[torch.device] = None, progress: bool = True,
                   out_dir: Optional[Union[str, Path]] = None, split: str = "val") -> Dict[str, float]:
     """Box AP (and mask AP, keys ``mask_*``, when the model predicts masks), in percent, of
     ``model`` on a :class:`~blendmask_edu.data.coco.CocoInstances`, its images resized to a
-    shorter side of ``short_size`` (longer at most ``max_size``), ``batch_size`` at a time.
+    shorter side of ``short_size`` (longer at most ``max_size``), ``batch_size`` at a time, the
+    predictions made at each image's original size (``inference.predict_dataset``: boxes
+    rescaled, masks pasted there, one image's masks in memory at a time by default).
 
     With ``out_dir``, also writes ``metrics.json``, ``coco_instances_results.json`` and
     ``pr_curve.png`` there (see the module docstring). A panoptic model on a dataset with panoptic

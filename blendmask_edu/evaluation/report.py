@@ -27,6 +27,7 @@ from blendmask_edu import visualize as vis
 from blendmask_edu.config import Config, describe
 from blendmask_edu.data.transforms import resize_for_test
 from blendmask_edu.evaluation.inference import detect
+from blendmask_edu.evaluation.panoptic_files import prediction_paths
 from blendmask_edu.evaluation.tables import TABLE1_COLUMNS, format_ap_table, format_table1
 from blendmask_edu.plots import save_loss_curve
 
@@ -97,13 +98,15 @@ def _duration(seconds: float) -> str:
 
 def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Mapping[str, float]],
                  metrics: Mapping[str, float], cfg: Config,
-                 train_seconds: Optional[float] = None, notes: Sequence[str] = ()) -> Path:
+                 train_seconds: Optional[float] = None, notes: Sequence[str] = (),
+                 split: str = "val") -> Path:
     """Write ``report.md`` and its pictures into ``out_dir`` (see the module docstring).
 
     Takes the trained ``model``, the validation dataset (items at their original size), the
     training ``log`` (dicts with ``iter`` and ``loss*``), the flat ``metrics`` of
     ``evaluate_coco``, the ``cfg`` it was trained with, the training wall time (default: the
-    log's last ``time``) and extra Markdown lines (``notes``). Returns the path of report.md.
+    log's last ``time``), extra Markdown lines (``notes``) and the name of the validation split
+    (``split``: the panoptic files are named after it). Returns the path of report.md.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +143,7 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
         "from the top module's attention.", "", "![bases](bases.png)", ""]
     if all(c in metrics for c in TABLE1_COLUMNS):
         shown = save_panoptic(model, val_dataset, cfg, out / "panoptic.png")
+        pred_json, pred_dir = prediction_paths(out, split)
         lines["panoptic"] = [
             "## Panoptic segmentation (the paper's Table 1 columns, percent)", "",
             format_table1([metrics], markdown=True, labels=False), "",
@@ -147,8 +151,7 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
             f"{', '.join(val_dataset.categories.thing_names)}; stuff: "
             f"{', '.join(val_dataset.categories.semantic_names[1:])}); mIoU is the semantic "
             "branch's (things as one class); AP_th is the mask AP of the things. The predicted "
-            "PNGs and JSON are in "
-            "`panoptic_val/` and `panoptic_val.json`.", "",
+            f"PNGs and JSON are in `{pred_dir.name}/` and `{pred_json.name}`.", "",
             f"The first {shown} validation images and their panoptic maps (instances scoring "
             f"≥ {cfg.panoptic.score_thresh}, then stuff):", "", "![panoptic](panoptic.png)", ""]
     lines["config"] = ["## Configuration", "", "```", describe(cfg), "```", ""]

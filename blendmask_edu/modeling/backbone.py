@@ -42,8 +42,8 @@ std 1, stride in the bottleneck's 1×1 conv, torchvision puts it in the 3×3); t
 assume that recipe. The ``.pkl`` files cannot be loaded here.
 
 ``pretrained=True`` reads the file from torch's hub cache, downloading it if absent. When that
-fails (offline), a ``RuntimeError`` names the URL and where to put the file:
-``torch.hub.get_dir()/checkpoints/<file name>`` — or pass ``weights_path=``.
+fails (offline), :class:`WeightsUnavailable` (a ``RuntimeError``) names the URL and where to put
+the file: ``torch.hub.get_dir()/checkpoints/<file name>`` — or pass ``weights_path=``.
 """
 
 from __future__ import annotations
@@ -204,10 +204,28 @@ def narrow_resnet(depth: int, width: int, norm: Callable[[int], nn.Module]) -> n
     return body
 
 
+class WeightsUnavailable(RuntimeError):
+    """The ImageNet weights could be neither read from the hub cache nor downloaded.
+
+    ``url`` is where they come from, ``target`` where torch's hub cache expects the file,
+    ``reason`` the underlying error in one line; the message says all three, for a caller of
+    the library (``weights_path=``). The command line words its own one line from them.
+    """
+
+    def __init__(self, depth: int, url: str, target: str, reason: str):
+        self.depth, self.url, self.target, self.reason = depth, url, target, reason
+        name = os.path.basename(target)
+        corrupt = " (the file there now is unreadable: replace it)" if os.path.exists(target) else ""
+        super().__init__(
+            f"could not get the ImageNet weights of ResNet-{depth} ({reason}).\n"
+            f"Without internet, download\n    {url}\non a machine that has it and either "
+            f"place the file at\n    {target}{corrupt}\nor pass weights_path='/path/to/{name}'.")
+
+
 def imagenet_state_dict(depth: int) -> Dict[str, Tensor]:
     """torchvision's ImageNet weights of ResNet-``depth``, from the torch hub cache or the web.
 
-    Offline, raises a ``RuntimeError`` that says which file to put where.
+    Offline, raises :class:`WeightsUnavailable`, which says which file to put where.
     """
     weights = _RESNETS[depth][1].IMAGENET1K_V1
     try:
@@ -215,12 +233,8 @@ def imagenet_state_dict(depth: int) -> Dict[str, Tensor]:
     except (URLError, OSError, RuntimeError, pickle.UnpicklingError) as error:
         file_name = os.path.basename(urlparse(weights.url).path)
         target = os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
-        corrupt = " (the file there now is unreadable: replace it)" if os.path.exists(target) else ""
-        raise RuntimeError(
-            f"could not get the ImageNet weights of ResNet-{depth} ({type(error).__name__}: {error}).\n"
-            f"Without internet, download\n    {weights.url}\non a machine that has it and either "
-            f"place the file at\n    {target}{corrupt}\nor pass weights_path='/path/to/{file_name}'."
-        ) from error
+        reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line
+        raise WeightsUnavailable(depth, weights.url, target, reason) from error
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:

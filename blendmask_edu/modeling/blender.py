@@ -19,7 +19,10 @@ Targets come from RoIAlign on the full-image bitmask (``mask_targets``), the rou
 half-pixel aligned like the pooler (gotcha 18).
 
 Inference (``postprocess_masks``, spec §5.4) crops with the predicted boxes, applies a sigmoid
-and pastes each R × R probability map into the image (``paste_masks``).
+and pastes each R × R probability map into the image (``paste_masks``) — into the image the
+model was given, or, as the official evaluation does, straight into the original image before
+the test-time resize, with the boxes rescaled to it (``scale_boxes``): the masks are never
+pasted small and resized afterwards.
 Differs from AdelaiDet: boxes are clipped to the image BEFORE pooling at inference, so pooling
 and pasting use the same box; AdelaiDet pools with the unclipped box and pastes with the
 clipped one, which stretches masks of border-crossing boxes (gotcha 7). This is deliberate.
@@ -43,12 +46,12 @@ from blendmask_edu.config import BlendMaskConfig
 
 __all__ = [
     "blend", "blend_training_loss", "crop_bases", "mask_loss", "mask_targets", "merge",
-    "paste_masks", "postprocess_masks", "resize_attentions",
+    "paste_masks", "postprocess_masks", "resize_attentions", "scale_boxes",
 ]
 
 POOLERS = ("roi_align", "roi_pool")
 INTERPOLATIONS = ("bilinear", "nearest")
-PASTE_CHUNK = 2 ** 24  # paste at most this many D·H·W pixels at once (the grid is twice that)
+PASTE_CHUNK = 2 ** 22  # paste at most this many D·H·W pixels at once (~26 B each: ~110 MB)
 
 
 def _float(x: Tensor) -> Tensor:
@@ -266,20 +269,39 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) 
     return out.view(count, height, width)
 
 
+def scale_boxes(boxes: Tensor, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> Tensor:
+    """Boxes (D, 4) xyxy in the pixels of an image of ``from_size`` (H, W) → the same boxes in the
+    pixels of that image resized to ``to_size`` (H', W'): x · W'/W, y · H'/H, clipped to it.
+
+    The map from the test-size image back to the original one (``resize_for_test``'s scales
+    inverted); the same sizes give the boxes unchanged (clipped).
+    """
+    (height, width), (new_h, new_w) = from_size, to_size
+    scale = boxes.new_tensor([new_w / width, new_h / height, new_w / width, new_h / height])
+    return clip_boxes_to_image(boxes * scale, (new_h, new_w))
+
+
 def postprocess_masks(bases: Tensor, attentions: Tensor, boxes: Tensor, batch_index: Tensor,
                       image_size: Tuple[int, int], resolution: int, spatial_scale: float,
                       pooler: str = BlendMaskConfig.pooler,
-                      interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
+                      interpolation: str = BlendMaskConfig.attn_interpolation,
+                      output_size: Optional[Tuple[int, int]] = None) -> Tensor:
     """Masks of D detections as image-sized probabilities (spec §5.4 steps 3–4).
 
     bases (N, K, h, w) · attentions (D, K·M·M) · boxes (D, 4) xyxy in input pixels ·
-    batch_index (D,) image of each detection · image_size (H, W) of the image(s) pasted into
-    (one image, or a batch of equally sized images). Returns (D, 1, H, W) probabilities.
-    Boxes are clipped to the image first and the clipped box is used both to pool and to paste
-    (see the module docstring: a deliberate fix of AdelaiDet's mismatch); the caller should
-    report the same clipped boxes.
+    batch_index (D,) image of each detection · image_size (H, W) of the image(s) the boxes are
+    in (one image, or a batch of equally sized images) · output_size (H_out, W_out) of the image
+    to paste into, default ``image_size``, e.g. the original image before the test-time resize.
+    Returns (D, 1, H_out, W_out) probabilities.
+
+    Boxes are clipped to ``image_size`` first and the clipped box is used both to pool and to
+    paste (see the module docstring: a deliberate fix of AdelaiDet's mismatch); with an
+    ``output_size`` the R × R maps are pasted with those boxes rescaled to it,
+    ``scale_boxes(clipped, image_size, output_size)`` — the boxes the caller should report.
     """
     boxes = clip_boxes_to_image(_float(boxes), image_size)
     rois = torch.cat([batch_index.to(boxes.dtype)[:, None], boxes], dim=1)  # (D, 5)
     logits = blend(bases, attentions, rois, resolution, spatial_scale, pooler, interpolation)
-    return paste_masks(logits.sigmoid(), boxes, image_size)[:, None]  # (D, 1, H, W)
+    output_size = tuple(image_size if output_size is None else output_size)
+    pasted = scale_boxes(boxes, image_size, output_size)  # the same boxes, in output pixels
+    return paste_masks(logits.sigmoid(), pasted, output_size)[:, None]  # (D, 1, H_out, W_out)

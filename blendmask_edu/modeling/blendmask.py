@@ -9,16 +9,19 @@ notebook, a test or the benchmark can call on its own (notebooks 02 and 03 do):
   training:
     losses(x, b, s, targets)  FCOS losses, then the blender at the positives, then the
                               auxiliary semantic losses
-  inference:
+  inference, each image at its output size (H, W) (``output_sizes``, default its own size):
     detect(x)                 FCOS post-processing: boxes, scores, labels per image
     attentions(x, det, i)     top module at the kept detections only (D, K·M·M)
-    masks(b, det, i, size)    blender in the predicted boxes → sigmoid → paste (D, 1, H, W)
-    semantic_map(x, s, i)     sem_seg (1 + S, H, W) probabilities, then ``fuse_panoptic``
+    masks(b, det, i, size, out)   blender in the predicted boxes → sigmoid → paste (D, 1, H, W)
+    semantic_map(x, s, i, out)    sem_seg (1 + S, H, W) probabilities, then ``fuse_panoptic``
 
 In eval mode each image's dict holds ``boxes``, ``scores``, ``labels`` (dataset ids),
 ``masks`` [D, 1, H, W] probabilities and ``attentions`` [D, K·M·M] (what the blender used);
 a panoptic model adds ``sem_seg`` [1 + S, H, W] and ``panoptic`` (id map [H, W],
-``segments_info``).
+``segments_info``). With ``output_sizes`` (the original sizes before a test-time resize, which
+``evaluation.inference.detect`` passes) the boxes are rescaled to them and the masks pasted
+straight into them, as the official evaluation does; the semantic map is resized there and the
+panoptic fusion runs there, once.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from blendmask_edu.config import Config
 from blendmask_edu.modeling.attention import TopModule
 from blendmask_edu.modeling.basis import (BASES_STRIDE, BasisModule, basis_semantic_loss,
                                           thing_semantic_targets)
-from blendmask_edu.modeling.blender import blend_training_loss, postprocess_masks
+from blendmask_edu.modeling.blender import blend_training_loss, postprocess_masks, scale_boxes
 from blendmask_edu.modeling.detector import FCOS, Features, build_fcos, require_targets
 from blendmask_edu.modeling.fcos import FCOSTargets, split_batch_index
 from blendmask_edu.modeling.panoptic import (SEMANTIC_LEVELS, SemanticHead, fuse,
@@ -48,8 +51,8 @@ class BlendMask(FCOS):
     basis_semantic_weight, mask_loss_weight   weights of ``loss_basis_sem`` and ``loss_mask``
     semantic         Panoptic-FPN's ``SemanticHead`` or None; with it, ``stuff_ids`` (label s ↔
                      ``stuff_ids[s - 1]``), ``sem_seg_weight`` (``loss_sem_seg``), and the
-                     fusion's ``score_thresh``, ``overlap_thresh``, ``stuff_area`` (px of an
-                     800 × 1200 image, scaled to each image). ``share_basis_features``: the head
+                     fusion's ``score_thresh``, ``overlap_thresh``, ``stuff_area`` (px of a COCO
+                     image, ``panoptic.stuff_area_for``). ``share_basis_features``: the head
                      reads the bottom module's fused stride-8 features instead of P2–P5.
     The FCOS arguments are ``detector.FCOS``'s.
     """
@@ -81,23 +84,23 @@ class BlendMask(FCOS):
         self.mask_loss_weight = mask_loss_weight
 
     def forward(self, images: Sequence[Tensor], targets: Optional[List[Dict]] = None,
-                panoptic: bool = True):
-        """``panoptic=False`` leaves out the eval-mode fusion (``sem_seg`` is still returned):
-        ``evaluation.inference.detect`` fuses itself, once, at the original image size."""
+                output_sizes: Optional[Sequence[Tuple[int, int]]] = None):
+        """Train mode: the losses. Eval mode: one dict per image (module docstring), in the
+        pixels of ``output_sizes`` (one (H, W) per image; default: the images' own sizes)."""
         x = self.features(images)                     # normalise, pad → ResNet-FPN → FCOS head
         bottom = self.basis(x.levels)                 # bottom module: bases (N, K, H/4, W/4)
         sem_seg_logits = self.semantic_logits(x, bottom)  # (N, 1 + S, H/4, W/4) or None
         if self.training:
             return self.losses(x, bottom, sem_seg_logits, require_targets(targets, "BlendMask"))
         detections = self.detect(x)                   # FCOS: threshold, top-k, NMS per image
-        for i, det in enumerate(detections):
-            det["attentions"] = self.attentions(x, det, i)           # (D, K·M·M)
-            det["masks"] = self.masks(bottom, det, i, x.sizes[i])    # (D, 1, H, W)
+        for i, (det, size) in enumerate(zip(detections, self.output_sizes(x, output_sizes))):
+            det["attentions"] = self.attentions(x, det, i)                # (D, K·M·M)
+            det["masks"] = self.masks(bottom, det, i, x.sizes[i], size)   # (D, 1, H, W)
+            det["boxes"] = scale_boxes(det["boxes"], x.sizes[i], size)    # the boxes pasted in
             if sem_seg_logits is not None:
-                det["sem_seg"] = self.semantic_map(x, sem_seg_logits, i)  # (1 + S, H, W)
-                if panoptic:
-                    det["panoptic"] = self.fuse_panoptic(det["masks"], det["scores"],
-                                                         det["labels"], det["sem_seg"])
+                det["sem_seg"] = self.semantic_map(x, sem_seg_logits, i, size)  # (1 + S, H, W)
+                det["panoptic"] = self.fuse_panoptic(det["masks"], det["scores"],
+                                                     det["labels"], det["sem_seg"])
         return detections
 
     # ------------------------------------------------------------------ stages, both modes
@@ -120,23 +123,27 @@ class BlendMask(FCOS):
         return self.top.at_locations(x.head["box_tower"], image_index, det["locations_index"])
 
     def masks(self, bottom: Dict[str, Tensor], det: Dict[str, Tensor], i: int,
-              size: Tuple[int, int]) -> Tensor:
-        """The blender: image ``i``'s bases cropped by its (clipped) boxes, merged by the
-        detections' attentions, sigmoid, pasted into an image of ``size``: (D, 1, H, W)."""
+              size: Tuple[int, int], output_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """The blender: image ``i``'s bases cropped by its boxes (in the pixels of its ``size``,
+        clipped), merged by the detections' attentions, sigmoid, pasted into an image of
+        ``output_size`` (default ``size``) with the boxes rescaled to it: (D, 1, H, W)."""
         image_index = torch.full_like(det["locations_index"], i)
         return postprocess_masks(bottom["bases"], det["attentions"], det["boxes"], image_index,
-                                 size, **self.blend_options)
+                                 size, **self.blend_options, output_size=output_size)
 
-    def semantic_map(self, x: Features, sem_seg_logits: Tensor, i: int) -> Tensor:
-        """Image ``i``'s semantic probabilities at its own size: (1 + S, H, W)."""
-        return semantic_inference(sem_seg_logits[i], x.sizes[i], x.batch.shape[-2:])
+    def semantic_map(self, x: Features, sem_seg_logits: Tensor, i: int,
+                     output_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """Image ``i``'s semantic probabilities at its own size, or resized (as logits) to
+        ``output_size``: (1 + S, H, W)."""
+        return semantic_inference(sem_seg_logits[i], x.sizes[i], x.batch.shape[-2:],
+                                  output_size=output_size)
 
     def fuse_panoptic(self, masks: Tensor, scores: Tensor, labels: Tensor,
                       sem_seg: Tensor) -> Tuple[Tensor, List[dict]]:
         """One image's instances (``masks`` [D, 1, H, W], ``scores`` [D], ``labels`` [D] category
         ids) over its semantic map (``sem_seg`` [1 + S, H, W] or labels [H, W]) → (id map [H, W],
         segments_info): ``panoptic.fuse`` with this model's thresholds and stuff ids, the stuff
-        area scaled to H × W."""
+        area ``stuff_area_for((H, W))`` — H × W being the original image's in an evaluation."""
         area = stuff_area_for(tuple(sem_seg.shape[-2:]), coco_area=self.fusion["stuff_area"])
         return fuse(masks, scores, labels, sem_seg, self.fusion["score_thresh"],
                     self.fusion["overlap_thresh"], area, stuff_ids=self.stuff_ids)

@@ -5,7 +5,10 @@ mode ``model(images, targets)`` returns a dict of scalar losses; in eval mode ``
 returns one dict per image with ``boxes`` [D, 4] xyxy in the input image's pixels, ``scores``
 [D] and ``labels`` [D] (the dataset's category ids). Images are a list of [3, H, W] floats in
 0..1 of any sizes: the model normalises and pads them to a multiple of 32 itself, and never
-resizes.
+resizes. ``model(images, output_sizes=[(H, W), …])`` answers in the pixels of those sizes
+instead (the boxes rescaled, BlendMask's masks pasted there): ``evaluation.inference.detect``
+passes the original sizes of images it resized for the test, as torchvision's detectors do with
+their ``original_image_sizes``.
 
 The stages are methods, so that a notebook, a test or the benchmark can run them one at a time:
 
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from blendmask_edu.config import Config
 from blendmask_edu.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet_fpn
+from blendmask_edu.modeling.blender import scale_boxes
 from blendmask_edu.modeling.fcos import (FCOSHead, FCOSTargets, assign_targets, batch_targets,
                                          compute_locations, flatten_predictions,
                                          size_ranges_from_sizes)
@@ -105,12 +109,26 @@ class FCOS(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
         self.reduce_mean = None  # set by the engine for multi-process training
 
-    def forward(self, images: Sequence[Tensor], targets: Optional[List[Dict]] = None):
+    def forward(self, images: Sequence[Tensor], targets: Optional[List[Dict]] = None,
+                output_sizes: Optional[Sequence[Tuple[int, int]]] = None):
         x = self.features(images)
         if self.training:
             fcos_targets = self.assign(x.locations, require_targets(targets, "FCOS"))
             return self.detector_losses(x.head, fcos_targets)[0]
-        return self.detect(x)
+        detections = self.detect(x)
+        for i, (det, size) in enumerate(zip(detections, self.output_sizes(x, output_sizes))):
+            det["boxes"] = scale_boxes(det["boxes"], x.sizes[i], size)
+        return detections
+
+    @staticmethod
+    def output_sizes(x: Features, output_sizes: Optional[Sequence[Tuple[int, int]]] = None
+                     ) -> List[Tuple[int, int]]:
+        """The (H, W) of each image to answer in: ``output_sizes``, or the images' own sizes."""
+        if output_sizes is None:
+            return list(x.sizes)
+        if len(output_sizes) != len(x.sizes):
+            raise ValueError(f"{len(output_sizes)} output sizes for {len(x.sizes)} images")
+        return [(int(h), int(w)) for h, w in output_sizes]
 
     def features(self, images: Sequence[Tensor]) -> Features:
         """Stage 1: normalise and pad → ResNet-FPN → the FCOS head on its levels → locations."""

@@ -35,9 +35,10 @@ from blendmask_edu.conventions import IGNORE
 from blendmask_edu.modeling.layers import conv_norm_relu
 
 SEMANTIC_LEVELS = (2, 3, 4, 5)  # the FPN levels Panoptic-FPN's semantic head reads
+COCO_LONG_SIDE = 640  # the longer side of COCO's images as shipped, where stuff_area is counted
 
-__all__ = ["SEMANTIC_LEVELS", "SemanticHead", "fuse", "pad_semantic_targets", "semantic_inference",
-           "semantic_loss", "stuff_area_for"]
+__all__ = ["COCO_LONG_SIDE", "SEMANTIC_LEVELS", "SemanticHead", "fuse", "pad_semantic_targets",
+           "semantic_inference", "semantic_loss", "stuff_area_for"]
 
 
 def _num_blocks(stride: int) -> int:
@@ -174,14 +175,23 @@ def semantic_inference(logits: Tensor, image_size: Tuple[int, int], padded_size:
 
 
 def stuff_area_for(image_size: Tuple[int, int], coco_area: int = PanopticConfig.stuff_area,
-                   coco_image_area: int = 800 * 1200) -> int:
-    """The stuff area limit scaled to an image: round(coco_area · H · W / coco_image_area).
+                   coco_side: int = COCO_LONG_SIDE) -> int:
+    """The smallest stuff region the fusion keeps on an image of ``image_size`` (H, W), in px.
 
-    Panoptic-FPN drops stuff regions under 4096 px on COCO images of about 800 × 1200; the same
-    fraction of the image (≈ 0.43 %) is ~70 px at 128 × 128 and 4096 px at 800 × 1200.
+    The official rule (Panoptic-FPN, and BlendMask's code after it): stuff regions under
+    ``coco_area`` = 4096 px are dropped, counted on the image at its ORIGINAL size — the fusion
+    runs after the predictions are mapped back from the test size — whatever that size is. COCO
+    ships its images with a longer side of ``coco_side`` = 640 px (4096 px is 1.3 % of a
+    640 × 480 image), and this function returns ``coco_area`` unchanged for every image at
+    least that large: on COCO, exactly the official rule.
+
+    Departure, on smaller images only: an image whose longer side is under 640 px is taken as
+    a COCO image shrunk by s = max(H, W) / 640, and the limit shrinks with its area,
+    round(coco_area · s²): 164 px on a 128 × 128 shapes image (s = 0.2), 1475 px at 384 px.
+    Unscaled, 4096 px would be a quarter of a 128 × 128 image and drop nearly every stuff region.
     """
-    height, width = image_size
-    return int(round(coco_area * height * width / coco_image_area))
+    scale = min(1.0, max(image_size) / coco_side)
+    return int(round(coco_area * scale * scale))
 
 
 def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
@@ -195,7 +205,9 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
     scores      (D,) instance scores;  labels (D,) thing category ids (the dataset's ids)
     sem_seg     (H, W) semantic labels (0 things, 1..S stuff, 255 void) or (1 + S, H, W)
                 probabilities (``semantic_inference``), reduced by argmax
-    stuff_area  smallest stuff region kept, in pixels; None → ``stuff_area_for((H, W))``
+    stuff_area  smallest stuff region kept, in pixels; None → ``stuff_area_for((H, W))``, the
+                official 4096 px on an original-size COCO image (H × W should be the original
+                size: ``BlendMask`` fuses there when asked for ``output_sizes``)
     stuff_ids   stuff category ids, label s → ``stuff_ids[s - 1]`` (``CategoryMap.stuff_ids``);
                 None → the category id is the semantic label itself
 

@@ -17,6 +17,11 @@ one thread or ``torch.use_deterministic_algorithms(True)``: with several threads
 of an indexing with repeated indices (``crops[gt_index]`` in the mask loss) adds in a varying
 order, so even two uninterrupted runs differ slightly.
 
+Ctrl-C (SIGINT) or SIGTERM during a run with ``out_dir`` does not lose the iterations since the
+last checkpoint: the iteration under way finishes, ``last.pt`` is written as a periodic one
+would be, and :class:`~blendmask_edu.training.interrupt.TrainingInterrupted` (a
+KeyboardInterrupt) is raised (:mod:`~blendmask_edu.training.interrupt`).
+
 Under ``torchrun`` (:mod:`~blendmask_edu.training.distributed`) ``train`` wraps the model in
 DistributedDataParallel and each process takes its share of every batch
 (``cfg.solver.batch_size`` is the total, as in the paper). Only process 0 writes files, prints
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -43,6 +49,7 @@ from blendmask_edu.fileio import append_jsonl
 from blendmask_edu.plots import save_loss_curve
 from blendmask_edu.training import checkpoint as ckpt
 from blendmask_edu.training.distributed import get_rank, get_world_size, reduce_mean
+from blendmask_edu.training.interrupt import StopRequest, TrainingInterrupted
 from blendmask_edu.training.sampling import batches
 from blendmask_edu.training.solver import build_optimizer, lr_factor
 
@@ -68,7 +75,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
     iterations (default ``cfg.solver.checkpoint_period``) and at the end. ``resume``: continue
     from ``out_dir/last.pt`` when it exists; the returned log then covers the whole run.
     A non-finite loss raises FloatingPointError before the update; no checkpoint is written
-    after it, so ``last.pt`` stays the last good state.
+    after it, so ``last.pt`` stays the last good state. With ``out_dir``, SIGINT or SIGTERM
+    (handled in the main thread only) stops after the iteration under way: ``last.pt`` is
+    written at it and :class:`TrainingInterrupted` raised (``iteration``, ``path``, ``signum``).
     """
     solver = cfg.solver
     max_iter = solver.max_iter if max_iter is None else max_iter
@@ -104,6 +113,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
     clock = time.perf_counter() - state["elapsed"]
     bar = tqdm(total=max_iter, initial=start, desc="train", disable=not (progress and main),
                dynamic_ncols=True)
+    stop = StopRequest(enabled=run is not None)
+    stop.__enter__()  # a `with` would indent the whole loop once more
     try:
         for iteration in range(start, max_iter):
             for group in optimizer.param_groups:
@@ -116,8 +127,12 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
                 losses = trainee(images, targets)
             # The whole batch's loss terms, the same on every process: logs, and the NaN check
             # that all processes pass or fail together (one stopping alone would hang the rest).
-            values = reduce_mean(torch.stack([v.detach().float() for v in losses.values()]))
-            if not torch.isfinite(values).all():
+            # The last entry is the stop request (> 0 when any process got a signal), so that
+            # all processes stop after the same iteration without another exchange.
+            reduced = reduce_mean(torch.stack([v.detach().float() for v in losses.values()]
+                                              + [_stop_flag(stop, device)]))
+            values, numbers = reduced[:-1], reduced.tolist()  # one copy to the host
+            if not all(map(math.isfinite, numbers[:-1])):
                 raise FloatingPointError(_nan_message(iteration, losses, values, path, saved_at))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(sum(losses.values())).backward()
@@ -126,7 +141,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
                 nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            for key, value in zip(losses, values.tolist()):
+            for key, value in zip(losses, numbers):
                 running[key] = running.get(key, 0.0) + value
             count, done = count + 1, iteration + 1
             bar.update(1)
@@ -149,7 +164,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
                     append_jsonl(run / LOG_FILE, entry)
                 if on_log is not None and main:
                     on_log(entry)
-            if run is not None and (done % period == 0 or done == max_iter):
+            # One process reads its own record at once; several use the exchanged one.
+            stopping = stop.requested if world == 1 else numbers[-1] > 0
+            if run is not None and (done % period == 0 or done == max_iter or stopping):
                 if main:
                     extra = {"running": dict(running), "count": count,
                              "elapsed": time.perf_counter() - clock,
@@ -157,13 +174,24 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
                     ckpt.save_checkpoint(path, model=model, optimizer=optimizer, iteration=done,
                                          cfg=cfg, extra=extra)
                 saved_at = done
+            if stopping:
+                if world > 1:  # nobody leaves before process 0 has written last.pt
+                    dist.barrier()
+                raise TrainingInterrupted(done, path, stop.signum or signal.SIGINT)
     finally:
+        stop.__exit__()
         bar.close()
         if world > 1:
             model.reduce_mean = previous_reduce
     if main and run is not None:
         save_loss_curve(log, run / CURVE_FILE)
     return log
+
+
+def _stop_flag(stop: StopRequest, device: torch.device) -> torch.Tensor:
+    """The stop request as a 0-d float tensor on ``device``: 1.0 if a signal arrived, else 0.
+    Made by a fill on the device, not a copy from the host, so that it never waits for the GPU."""
+    return torch.full((), float(stop.requested), device=device)
 
 
 def _open_run(run: Path, cfg: Config, resume: bool, model, optimizer, scaler, main: bool):
