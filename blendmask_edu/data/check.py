@@ -4,10 +4,9 @@ A **defect** is what breaks training or evaluation, or changes what they compute
 is missing or does not decode, an annotation the loader must skip, a size, id, area or box
 that disagrees with the pixels where the metric reads it. A **note** is a difference that is
 not one: what genuine COCO data has (a crowd region's ``area`` is not its mask's pixel count),
-or a value that nothing reads (a panoptic segment's ``area``/``bbox``, recounted from the PNG
-by PQ). ``data check`` prints both and fails only on defects. Which check gives which is
+or a value that nothing reads (a panoptic segment's ``bbox``). ``data check`` prints both and fails only on defects. Which check gives which is
 listed in :func:`~blendmask_edu.data.validation.rle_geometry_findings` and
-:func:`~blendmask_edu.data.validation.panoptic_stats_problems`.
+:func:`~blendmask_edu.data.validation.panoptic_stats_findings`.
 
 Introduced in ``notebooks/00_data.ipynb``.
 """
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from .errors import DatasetError
 from .files import (IMAGE_KEYS, TOP_KEYS, PathLike, index_entries, index_panoptic, load_json,
                     panoptic_stuff, read_image, read_panoptic, scan_annotations)
-from .validation import panoptic_problems, panoptic_stats_problems, rle_geometry_findings
+from .validation import panoptic_problems, panoptic_stats_findings, rle_geometry_findings
 
 DEFECT, NOTE = "defect", "note"
 
@@ -106,7 +105,8 @@ def check_dataset(images_dir: PathLike, instances_json: PathLike, panoptic_json:
                 continue
             segments_info = panoptic[image_id]["segments_info"]
             defects += [Defect(str(path), p) for p in panoptic_problems(ids, segments_info)]
-            defects += [Defect(str(path), p, kind=NOTE) for p in panoptic_stats_problems(ids, segments_info)]
+            defects += [Defect(str(path), p, kind=kind)
+                        for kind, p in panoptic_stats_findings(ids, segments_info)]
     return defects
 
 

@@ -153,7 +153,7 @@ def panoptic_problems(ids: np.ndarray, segments_info: Sequence[dict], check_stat
     """Disagreements between a panoptic id map [H, W] and its ``segments_info`` (problem strings).
 
     Checks ids both ways (every non-zero PNG id is described, every described id is drawn)
-    and duplicate segment ids; with ``check_stats`` also :func:`panoptic_stats_problems`.
+    and duplicate segment ids; with ``check_stats`` also :func:`panoptic_stats_findings`.
     """
     problems, seen = [], set()
     for seg in segments_info:
@@ -163,28 +163,31 @@ def panoptic_problems(ids: np.ndarray, segments_info: Sequence[dict], check_stat
     drawn = {int(u) for u in np.unique(ids) if u != 0}
     problems += [f"PNG holds segment id {i} that is not in segments_info" for i in sorted(drawn - seen)]
     problems += [f"segments_info id {i} does not occur in the PNG" for i in sorted(seen - drawn, key=str)]
-    return problems + (panoptic_stats_problems(ids, segments_info) if check_stats else [])
+    stats = panoptic_stats_findings(ids, segments_info) if check_stats else []
+    return problems + [problem for _, problem in stats]
 
 
-def panoptic_stats_problems(ids: np.ndarray, segments_info: Sequence[dict]) -> list:
+def panoptic_stats_findings(ids: np.ndarray, segments_info: Sequence[dict]) -> list:
     """Each drawn segment's ``area`` and ``bbox`` ([x, y, w, h], w = last column − first column
-    + 1) against its pixels in the id map [H, W] → problem strings.
+    + 1) against its pixels in the id map [H, W] → ``(kind, problem)`` pairs:
 
-    ``check_dataset`` reports these as notes, not defects: PQ (ours and panopticapi's) counts
-    segment areas from the PNG's pixels and reads no box; only ``data report``'s stuff shares
-    read ``area``.
+    - ``area``: a defect. panopticapi recounts a *predicted* segment's area from its PNG but
+      takes the *ground truth*'s from the JSON, for the union of every IoU; a wrong one changes
+      the official PQ (this package's PQ counts pixels, but a user may score with panopticapi).
+    - ``bbox``: a note. No metric reads a panoptic segment's box.
     """
-    problems = []
+    found = []
     uniq, counts = np.unique(ids, return_counts=True)
     area = dict(zip(uniq.tolist(), counts.tolist()))
     for seg in segments_info:
         if seg["id"] == 0 or seg["id"] not in area:
             continue
         if "area" in seg and seg["area"] != area[seg["id"]]:
-            problems.append(f"segment {seg['id']}: area {seg['area']} but {area[seg['id']]} pixels")
+            found.append(("defect", f"segment {seg['id']}: area {seg['area']} but "
+                                    f"{area[seg['id']]} pixels"))
         if "bbox" in seg:
             ys, xs = np.nonzero(ids == seg["id"])
             box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
             if list(seg["bbox"]) != box:
-                problems.append(f"segment {seg['id']}: bbox {seg['bbox']} but its pixels span {box}")
-    return problems
+                found.append(("note", f"segment {seg['id']}: bbox {seg['bbox']} but its pixels span {box}"))
+    return found
