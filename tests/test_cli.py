@@ -363,7 +363,7 @@ def test_list_overrides_as_typed_on_the_command_line():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """A finished tiny demo: (its argv, what it printed, its output folder)."""
+    """A finished demo (tiny_fast): (its argv, what it printed, its output folder)."""
     import contextlib
     import io
 
@@ -385,7 +385,7 @@ def test_demo_writes_the_report_and_metrics(demo_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 2 and "AP" in metrics["segm"]
     report = (out / "report.md").read_text()
-    assert "| box |" in report and "| mask |" in report and "preset `tiny`" in report
+    assert "| box |" in report and "| mask |" in report and "preset `tiny_fast`" in report
     assert "trained for 2 iterations" in report
     for picture in ("loss_curve.png", "predictions.png", "bases.png", "panoptic.png"):
         assert f"({picture})" in report

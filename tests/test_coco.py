@@ -90,6 +90,27 @@ def test_grayscale_rgba_palette_become_rgb(tiny_coco):
     assert ds.load_image(2).shape == (3, H, W) and ds.load_image(3).shape == (3, H, W)
 
 
+def test_cached_items_equal_decoded_ones_and_stay_unchanged(tiny_coco):
+    plain, cached = load(tiny_coco), load(tiny_coco, cache_mb=100)
+    assert not plain.cached and cached.cached
+    # 4 images of H × W: 3 colour planes + 1 label plane each, + one plane per instance (5)
+    assert cached.decoded_size_mb() == pytest.approx(H * W * (4 * 4 + 5) / 2 ** 20)
+    assert not load(tiny_coco, cache_mb=cached.decoded_size_mb() / 2).cached  # does not fit
+    for i in range(len(plain)):
+        for _ in range(2):  # the first load fills the cache, the second reads it
+            (a, ta), (b, tb) = plain[i], cached[i]
+            assert torch.equal(a, b) and a.dtype == b.dtype == torch.float32
+            assert ta.keys() == tb.keys()
+            for key in ta:
+                if torch.is_tensor(ta[key]):
+                    assert ta[key].dtype == tb[key].dtype and torch.equal(ta[key], tb[key]), key
+                else:
+                    assert ta[key] == tb[key]
+            tb["masks"].zero_()  # what a caller does to its item does not reach the cache
+            b.zero_()
+    assert cached[0][1]["masks"].any() and cached[0][0].any()
+
+
 def test_transforms_run_last(tiny_coco):
     def flip(image, target):
         return image.flip(-1), {**target, "flipped": True}

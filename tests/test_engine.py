@@ -3,6 +3,7 @@ falls; the run files, exact resumption, a non-finite loss, a killed run."""
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -57,6 +58,18 @@ def test_lr_factor_warmup_and_steps():
     assert lr_factor(199, solver) == pytest.approx(1.0)
     assert lr_factor(200, solver) == pytest.approx(0.1)
     assert lr_factor(300, solver) == pytest.approx(0.01)
+
+
+def test_lr_factor_cosine_falls_from_one_to_zero_after_the_warmup():
+    solver = SolverConfig(schedule="cosine", warmup_iters=10, warmup_factor=0.001, max_iter=110,
+                          steps=(20,))  # steps are ignored by the cosine schedule
+    assert lr_factor(0, solver) == pytest.approx(0.001 * (0.5 + 0.5 * math.cos(0)))
+    assert lr_factor(55, solver) == pytest.approx(0.5)  # half way: cos(π/2) = 0
+    assert lr_factor(110, solver) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_factor(i, solver) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # falls every iteration
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, SolverConfig(schedule="linear"))
 
 
 def test_batches_are_replayable_per_seed():

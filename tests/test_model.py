@@ -64,3 +64,40 @@ def test_eval_mode_contract_and_no_resize(model):
         assert (out["boxes"][:, 0::2] <= width).all() and (out["boxes"][:, 1::2] <= height).all()
         assert (out["boxes"] >= 0).all()
         assert torch.all(out["scores"][:-1] >= out["scores"][1:])
+
+
+def test_channels_last_in_eval_only_and_the_same_detections():
+    """``channels_last="eval"`` (the default) turns the weights and the eval batch NHWC and
+    back for training; the detections equal those of a model that never does, up to float
+    rounding (another order of the sums inside the convolutions)."""
+    from blendmask_edu.modeling.blendmask import build_model
+
+    def tiny(layout):
+        cfg = get_config("tiny")
+        cfg = dataclasses.replace(cfg, fcos=dataclasses.replace(cfg.fcos, score_thresh=0.0,
+                                                                channels_last=layout))
+        torch.manual_seed(0)
+        return build_model(cfg)
+
+    assert get_config("tiny").fcos.channels_last == "eval"
+    model, plain = tiny("eval"), tiny("never")
+    conv = model.backbone.body.conv1.weight
+    images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
+    model.train()
+    assert model.preprocess(images)[0].is_contiguous() and conv.is_contiguous()
+    model.eval()
+    batch = model.preprocess(images)[0]
+    assert batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert model.backbone.body.conv1.weight is conv  # the same parameter, turned in place
+    with torch.inference_mode():
+        fast, slow = model(images), plain.eval()(images)
+    assert plain.backbone.body.conv1.weight.is_contiguous()
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-2, rtol=1e-4)
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["masks"], b["masks"], atol=1e-3, rtol=1e-3)
+    assert model.train().backbone.body.conv1.weight.is_contiguous()
+    with pytest.raises(ValueError, match="channels_last"):
+        tiny("sometimes")

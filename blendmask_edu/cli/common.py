@@ -110,11 +110,11 @@ def split_name(root: Union[str, Path], split: Optional[str], role: str,
 
 
 def open_split(root: Union[str, Path], split: str, transforms=None, include_empty: bool = True,
-               panoptic: Optional[bool] = False):
+               panoptic: Optional[bool] = False, cache_mb: float = 0):
     """The ``split`` of the COCO-layout dataset at ``root`` as a ``CocoInstances``, or
     DatasetError saying how to make or where to put the data. ``panoptic``: False, instances
     only; True, with the panoptic semantic labels, which must be there (UsageError); None, with
-    them if they are there."""
+    them if they are there. ``cache_mb``: as ``CocoInstances`` takes it."""
     from blendmask_edu.data.coco import CocoInstances
     from blendmask_edu.data.files import dataset_paths
 
@@ -131,7 +131,7 @@ def open_split(root: Union[str, Path], split: str, transforms=None, include_empt
     return CocoInstances(paths.images_dir, paths.instances,
                          paths.panoptic if panoptic else None,
                          paths.panoptic_dir if panoptic else None, transforms=transforms,
-                         include_empty=include_empty)
+                         include_empty=include_empty, cache_mb=cache_mb)
 
 
 def training_sets(data, cfg, train_split: str, val_split: str):
@@ -145,7 +145,8 @@ def training_sets(data, cfg, train_split: str, val_split: str):
                                         cfg.input.flip_prob)
     # Images without any object teach nothing here (the official recipe drops them too).
     panoptic = cfg.panoptic.enabled
-    train_set = open_split(data, train_split, transforms, include_empty=False, panoptic=panoptic)
+    train_set = open_split(data, train_split, transforms, include_empty=False, panoptic=panoptic,
+                           cache_mb=cfg.input.cache_mb)
     if len(train_set) < cfg.solver.batch_size:
         raise UsageError(f"{data}: {len(train_set)} training images with objects, fewer than one "
                          f"batch of {cfg.solver.batch_size}; add images or lower --solver.batch_size")

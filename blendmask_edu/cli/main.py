@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Config overrides follow the options: --section.key VALUE, e.g. "
                "--solver.base_lr 0.01 --blendmask.num_bases 8.")
     train.add_argument("--preset", required=True,
-                       help=f"one of {', '.join(sorted(PRESETS))} (tiny: CPU, shapes)")
+                       help=f"one of {', '.join(sorted(PRESETS))} (tiny, tiny_fast: CPU, shapes)")
     train.add_argument("--data", required=True, help="dataset root (COCO layout, train and val)")
     train.add_argument("--out", required=True, help="run folder: config.json, metrics.jsonl, "
                                                     "last.pt, metrics.json, ...")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", allow_abbrev=False,
-        help="generate shapes, train the tiny preset, evaluate, write OUT/report.md",
+        help="generate shapes, train the tiny_fast preset, evaluate, write OUT/report.md",
         epilog="Resumes from OUT/last.pt when present; delete OUT to start over. Config "
                "overrides (--section.key VALUE) may follow the options.")
     demo.add_argument("--data", default=model_commands.DEFAULT_DATA,

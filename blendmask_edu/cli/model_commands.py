@@ -20,7 +20,7 @@ from blendmask_edu.cli.common import (UsageError, apply_overrides, choose_device
 from blendmask_edu.data.errors import DatasetError
 
 DEFAULT_DATA = "data/shapes"
-DEMO_PRESET = "tiny"
+DEMO_PRESET = "tiny_fast"
 
 
 # ----------------------------------------------------------------------------- training
@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """``demo``: generate shapes (if missing), train the tiny preset, evaluate, write the report.
+    """``demo``: generate shapes (if missing), train ``tiny_fast``, evaluate, write the report.
 
     Training resumes from OUT/last.pt when it exists: an interrupted demo continues where it
     stopped, and a finished one is only evaluated and reported again. Delete OUT to start over.

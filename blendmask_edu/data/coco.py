@@ -127,12 +127,18 @@ class CocoInstances(Dataset):
     (the official recipe's FILTER_EMPTY_ANNOTATIONS). ``transforms(image, target)`` runs last.
     :meth:`check_files` stats every image (and panoptic PNG) once, for a run to call before its
     first step.
+
+    ``cache_mb``: keep every decoded item (image, masks and semantic labels as uint8, before the
+    transforms) in memory after its first load, when :meth:`decoded_size_mb` — the JSON's
+    estimate of all of them — is at most ``cache_mb``; ``cached`` says whether it is. Decoding
+    is then paid once per image instead of once per epoch (shapes: 10 ms of a 10 ms item, the
+    transforms 3 ms). The items are the same with or without it.
     """
 
     def __init__(self, images_dir: PathLike, instances_json: PathLike,
                  panoptic_json: Optional[PathLike] = None, panoptic_dir: Optional[PathLike] = None,
                  transforms: Optional[Callable] = None, strict: bool = False,
-                 include_empty: bool = True):
+                 include_empty: bool = True, cache_mb: float = 0):
         self.images_dir, self.instances_json = Path(images_dir), Path(instances_json)
         self.transforms = transforms
         data = load_json(self.instances_json, TOP_KEYS)
@@ -174,6 +180,15 @@ class CocoInstances(Dataset):
                 problems = [f"no panoptic annotation for image id(s) {lacking[:5]}"]
             if problems:
                 raise DatasetError(self.panoptic_json, problems[0])
+        self.cached = 0 < self.decoded_size_mb() <= cache_mb
+        self._decoded = {}  # i → (image, target) as _decode returns them, when cached
+
+    def decoded_size_mb(self) -> float:
+        """The memory all items take decoded, in MB, estimated from the JSON: H × W bytes per
+        image for each of its 3 colour channels, its instance masks and (panoptic) its labels."""
+        planes = 3 + (self.panoptic_json is not None)
+        return sum(self.coco.imgs[i]["height"] * self.coco.imgs[i]["width"]
+                   * (planes + len(self._instances.get(i, ()))) for i in self.image_ids) / 2 ** 20
 
     @classmethod
     def from_paths(cls, paths: DatasetPaths, **kwargs) -> "CocoInstances":
@@ -215,9 +230,13 @@ class CocoInstances(Dataset):
         The stored pixels, EXIF orientation ignored: COCO's JSON ``width``/``height`` and its
         annotations are in the stored pixels' frame, so turning the image would misplace them.
         """
+        return self._image_uint8(i).float().div_(255)
+
+    def _image_uint8(self, i: int) -> torch.Tensor:
+        """Image ``i`` as [3, H, W] uint8 (what :meth:`load_image` scales to 0..1)."""
         info = self.coco.imgs[self.image_ids[i]]
         rgb = read_image(self.images_dir / info["file_name"], info)
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
     def load_panoptic(self, i: int):
         """Panoptic ground truth of image ``i``: (segment ids [H, W] int64 numpy, 0 = void; its
@@ -240,10 +259,26 @@ class CocoInstances(Dataset):
         return torch.from_numpy(labels[inverse.reshape(ids.shape)])  # id 0 (void) → IGNORE
 
     def __getitem__(self, i: int):
+        if not self.cached:
+            image, target = self._decode(i)
+        else:  # copies, so that nothing downstream can change what is kept
+            if i not in self._decoded:
+                self._decoded[i] = self._decode(i)
+            image, target = self._decoded[i]
+            target = {k: v.clone() if torch.is_tensor(v) else v for k, v in target.items()}
+        image = image.float().div_(255)
+        if "sem_seg" in target:
+            target["sem_seg"] = target["sem_seg"].long()
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def _decode(self, i: int):
+        """Item ``i`` before the transforms, compact: image [3, H, W] uint8, ``sem_seg`` uint8."""
         image_id = self.image_ids[i]
         info = self.coco.imgs[image_id]
         H, W = info["height"], info["width"]
-        image = self.load_image(i)
+        image = self._image_uint8(i)
         anns = self._instances.get(image_id, [])
         if anns:
             masks = torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], H, W) for a in anns]))
@@ -256,10 +291,8 @@ class CocoInstances(Dataset):
             "masks": masks,
             "image_id": int(image_id),
         }
-        if self.panoptic_json is not None:
-            target["sem_seg"] = self.load_sem_seg(i)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
+        if self.panoptic_json is not None:  # labels ≤ 255 (IGNORE): one byte each
+            target["sem_seg"] = self.load_sem_seg(i).to(torch.uint8)
         return image, target
 
     def __repr__(self) -> str:

@@ -154,6 +154,8 @@ class ResizeShortestEdge:
         index = int(torch.randint(len(self.short_sizes), ())) if len(self.short_sizes) > 1 else 0
         height, width = image.shape[-2:]
         size = list(shortest_edge_size(height, width, self.short_sizes[index], self.max_size))
+        if size == [height, width]:  # nothing to resize (the shapes set at 128 px)
+            return _finish(image, target)
         image, target = _wrap(image, target)
         image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
         target = {key: _resize(value, size) for key, value in target.items()}

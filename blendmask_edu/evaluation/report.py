@@ -12,7 +12,7 @@
 - for a panoptic model, the paper's Table 1 row and ``panoptic.png``: four validation images
   above their panoptic maps (things and stuff segments after the fusion).
 
-``blendmask-edu demo`` calls it after training and evaluating the ``tiny`` preset.
+``blendmask-edu demo`` calls it after training and evaluating the ``tiny_fast`` preset.
 """
 
 from __future__ import annotations

@@ -147,9 +147,11 @@ def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: 
     Returns (N, H, W) int64: 0 = background (and padding), label + 1 on things.
 
     Masks are painted in annotation order, so where masks overlap the last one wins — the rule of
-    the official offline script. Per image, without a loop over instances: flipping the stack
-    makes "the last mask covering a pixel" the *first* maximum of the flipped stack, which is
-    what ``argmax`` returns.
+    the official offline script. Per image, without a loop over instances: mask g covers its
+    pixels with the number g + 1, and the largest number at a pixel (``amax`` over the stack,
+    0 where no mask is) is 1 + the last covering mask, which a lookup table [0, label + 1, …]
+    turns into the class. (An ``argmax`` over the flipped stack says the same but is a slow
+    reduction on the CPU: 3.3 against 0.2 ms for 8 masks of 128², one image.)
     """
     height, width = padded_size
     device = masks_per_image[0].device if len(masks_per_image) else None
@@ -161,11 +163,12 @@ def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: 
         if h > height or w > width:
             raise ValueError(f"masks of image {i} are {h}×{w}, larger than the padded "
                              f"{height}×{width}")
-        covered = masks.to(device) != 0  # (G, h, w) bool
-        # argmax needs numbers; uint8 keeps the stack at one byte per mask pixel
-        last = masks.shape[0] - 1 - covered.flip(0).to(torch.uint8).argmax(dim=0)  # (h, w)
-        classes = labels.to(device=device, dtype=torch.int64)[last] + 1  # (h, w)
-        out[i, :h, :w] = torch.where(covered.any(dim=0), classes, torch.zeros_like(classes))
+        # int16 numbers keep the stack at two bytes per mask pixel (up to 32767 masks)
+        numbers = torch.arange(1, masks.shape[0] + 1, dtype=torch.int16, device=device)
+        last = ((masks.to(device) != 0) * numbers[:, None, None]).amax(dim=0)  # (h, w) 0..G
+        labels = labels.to(device=device, dtype=torch.int64)
+        lookup = torch.cat([labels.new_zeros(1), labels + 1])  # (G + 1,): 0 → background
+        out[i, :h, :w] = lookup[last.long()]
     return out
 
 

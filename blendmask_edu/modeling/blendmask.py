@@ -211,7 +211,8 @@ def build_model(cfg: Config) -> BlendMask:
     top = TopModule(fcos.head.out_channels, num_bases=m.num_bases, attn_size=m.attn_size)
     basis = BasisModule(cfg.backbone.fpn_channels, num_bases=m.num_bases, channels=m.basis_channels,
                         num_convs=m.basis_convs, norm=m.basis_norm,
-                        semantic_classes=cfg.num_classes + 1 if m.basis_semantic else None)
+                        semantic_classes=cfg.num_classes + 1 if m.basis_semantic else None,
+                        semantic_channels=m.basis_semantic_channels)
     semantic = None
     if p.enabled:  # built last, so that the other modules' initial weights do not change
         if not p.stuff_ids:
@@ -235,4 +236,4 @@ def build_model(cfg: Config) -> BlendMask:
                      share_basis_features=p.share_basis_features, sem_seg_weight=p.loss_weight,
                      fusion=dict(score_thresh=p.score_thresh, overlap_thresh=p.overlap_thresh,
                                  stuff_area=p.stuff_area) if p.enabled else None,
-                     **fcos.inference)
+                     channels_last=fcos.channels_last, **fcos.inference)

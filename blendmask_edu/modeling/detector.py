@@ -85,12 +85,22 @@ class FCOS(nn.Module):
     size_ranges     one (lo, hi] object-size range per level; center_radius in strides
     category_ids    dataset id of each contiguous class 0..C-1
     score_thresh, pre_nms_topk, nms_thresh, max_detections   inference (``FCOSConfig``)
+    channels_last   "eval" | "always" | "never": when the weights and the batch are
+                    channels-last (NHWC), a layout every later layer then keeps; the weights
+                    turn in ``model.train(mode)`` / ``model.eval()``, the batch in
+                    ``preprocess`` (``FCOSConfig.channels_last``). The numbers are the same up
+                    to float rounding (the sums inside a convolution run in another order).
     """
 
     def __init__(self, backbone: nn.Module, head: FCOSHead, levels: Sequence[int], size_ranges,
                  center_radius: float, category_ids: Sequence[int], *, score_thresh: float,
-                 pre_nms_topk: int, nms_thresh: float, max_detections: int):
+                 pre_nms_topk: int, nms_thresh: float, max_detections: int,
+                 channels_last: str = "eval"):
         super().__init__()
+        if channels_last not in ("eval", "always", "never"):
+            raise ValueError(f"channels_last must be 'eval', 'always' or 'never', "
+                             f"not {channels_last!r}")
+        self.channels_last = channels_last
         self.backbone, self.head = backbone, head
         self.level_names = [f"p{level}" for level in levels]
         missing = sorted(set(self.level_names) - set(backbone.level_names))
@@ -108,6 +118,15 @@ class FCOS(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
         self.reduce_mean = None  # set by the engine for multi-process training
+
+    def train(self, mode: bool = True) -> "FCOS":
+        """``nn.Module.train``, and the 4-D weights in the layout of the mode: channels-last
+        for ``channels_last="always"``, and for ``"eval"`` in eval mode. Returns the model."""
+        super().train(mode)
+        if self.channels_last != "never":
+            nhwc = self.channels_last == "always" or not mode
+            self.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        return self
 
     def forward(self, images: Sequence[Tensor], targets: Optional[List[Dict]] = None,
                 output_sizes: Optional[Sequence[Tuple[int, int]]] = None):
@@ -136,8 +155,12 @@ class FCOS(nn.Module):
         return self.run_head(batch, sizes, self.backbone(batch))
 
     def preprocess(self, images: Sequence[Tensor]) -> Tuple[Tensor, List[Tuple[int, int]]]:
-        """N × [3, H_i, W_i] in 0..1 → (batch (N, 3, H, W) normalised and padded, sizes)."""
-        return normalize_and_pad(images, self.pixel_mean, self.pixel_std)
+        """N × [3, H_i, W_i] in 0..1 → (batch (N, 3, H, W) normalised and padded, sizes); the
+        batch channels-last when ``channels_last`` says so in this mode (the same numbers)."""
+        batch, sizes = normalize_and_pad(images, self.pixel_mean, self.pixel_std)
+        if self.channels_last == "always" or (self.channels_last == "eval" and not self.training):
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, sizes
 
     def run_head(self, batch: Tensor, sizes: List[Tuple[int, int]],
                  pyramid: Dict[str, Tensor]) -> Features:
@@ -192,4 +215,5 @@ def build_fcos(cfg: Config, extra_levels: Sequence[int] = ()) -> FCOS:
     category_ids = cfg.category_ids or tuple(range(1, cfg.num_classes + 1))
     return FCOS(backbone, head, b.levels, size_ranges, f.center_radius, category_ids,
                 score_thresh=f.score_thresh, pre_nms_topk=f.pre_nms_topk,
-                nms_thresh=f.nms_thresh, max_detections=f.max_detections)
+                nms_thresh=f.nms_thresh, max_detections=f.max_detections,
+                channels_last=f.channels_last)

