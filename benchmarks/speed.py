@@ -47,16 +47,16 @@ GOALS = [  # (name, numerator, denominator, phase, upper bound on the ratio) —
 ]
 MEMORY_BOUND = 1.2  # BlendMask's peak inference memory ≤ this × FCOS's (torchvision's)
 BLEND_SHARE_BOUND, BLEND_AT = 0.05, 100  # blender + paste < 5 % of inference at 100 detections
-LINEAR_BOUND = 1.5  # per-instance blend + paste cost at the most instances ≤ 1.5 × at the fewest
+LINEAR_BOUND = 1.5  # per-instance blend + paste cost at the most instances ≤ 1.5 × at the next
 
 
 # ---------------------------------------------------------------------------------------------
 # printing
 
-def table(headers: List[str], rows: List[List[str]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
+def table(headers: List[str], rows: List[List[str]], left: int = 1) -> str:
+    """A plain-text table: the first ``left`` columns left-aligned, the others right-aligned."""
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+# speed.py's printing helpers: importable because Python puts this script's folder on sys.path.
+from speed import load_average, table
+
 TODAY_REF = "03944ce"  # the last commit before issue 16: the demo trained `tiny` then
 MASK_AP_FLOOR, PQ_FLOOR, TIME_RATIO_BOUND = 50.0, 55.0, 0.5
 REPO = Path(__file__).resolve().parents[1]
@@ -142,21 +145,13 @@ def main(argv=None) -> Dict:
                                 package if name == "today" else None)
                 for name, preset, overrides, _ in plan}
     print("\n# Time to accuracy on shapes val\n")
-    print(f"threads {args.threads}, load average at the end "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    rows = [["run", "what", "iterations", "batch", "training s", "s/iter", "box AP", "mask AP",
-             "PQ"]]
-    for name, _, _, what in plan:
-        r = runs[name]
-        rows.append([name, what, str(r["iterations"]), str(r["batch_size"]), f"{r['train_s']:.0f}",
-                     f"{r['train_s'] / r['iterations']:.3f}", f"{r['box_AP']:.1f}",
-                     f"{r['mask_AP']:.1f}", "-" if r["PQ"] is None else f"{r['PQ']:.1f}"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for k, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print(f"threads {args.threads}, load average at the end {load_average()}\n")
+    rows = [[name, what, r["iterations"], r["batch_size"], f"{r['train_s']:.0f}",
+             f"{r['train_s'] / r['iterations']:.3f}", f"{r['box_AP']:.1f}", f"{r['mask_AP']:.1f}",
+             "-" if r["PQ"] is None else f"{r['PQ']:.1f}"]
+            for name, _, _, what in plan for r in [runs[name]]]
+    print(table(["run", "what", "iterations", "batch", "training s", "s/iter", "box AP", "mask AP",
+                 "PQ"], rows, left=2))
     goals = goal_lines(runs)
     print(f"\ntraining time ratio (new / today): {goals[-1]['value']:.2f}\n")
     for g, digits in zip(goals, (1, 1, 2)):

@@ -108,7 +108,7 @@ class InputConfig:
     test_max_size: int = 1333
     flip_prob: float = 0.5
     # Keep the decoded training images in memory when all of them fit in this many MB (their
-    # size estimated from the JSON; the shapes set: about 300 MB); 0 turns it off.
+    # size estimated from the JSON; the shapes set: about 230 MB); 0 turns it off.
     cache_mb: float = 2048
 
 

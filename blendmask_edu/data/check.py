@@ -22,9 +22,9 @@ from tqdm import tqdm
 from .errors import DatasetError
 from .files import (IMAGE_KEYS, TOP_KEYS, PathLike, index_entries, index_panoptic, load_json,
                     panoptic_stuff, read_image, read_panoptic, scan_annotations)
-from .validation import panoptic_problems, panoptic_stats_findings, rle_geometry_findings
+from .validation import (DEFECT, NOTE, panoptic_problems, panoptic_stats_findings,
+                         rle_geometry_findings)
 
-DEFECT, NOTE = "defect", "note"
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,8 @@ class CocoInstances(Dataset):
     ``cache_mb``: keep every decoded item (image, masks and semantic labels as uint8, before the
     transforms) in memory after its first load, when :meth:`decoded_size_mb` — the JSON's
     estimate of all of them — is at most ``cache_mb``; ``cached`` says whether it is. Decoding
-    is then paid once per image instead of once per epoch (shapes: 10 ms of a 10 ms item, the
-    transforms 3 ms). The items are the same with or without it.
+    is then paid once per image instead of once per epoch (a shapes item with its transforms:
+    2.1 ms from memory, 7.6 ms decoded). The items are the same with or without it.
     """
 
     def __init__(self, images_dir: PathLike, instances_json: PathLike,

@@ -14,6 +14,8 @@ from typing import Container, Optional, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+# The two kinds of finding (``data check``): a defect breaks training or evaluation, a note does not.
+DEFECT, NOTE = "defect", "note"
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "segmentation")
 
 
@@ -140,12 +142,12 @@ def rle_geometry_findings(ann: dict, image_info: dict) -> list:
     found = []
     if "area" in ann and abs(float(ann["area"]) - area) > 0.01 * area + 1:
         if ann.get("iscrowd", 0):
-            found.append(("note", f"crowd area {ann['area']} but its RLE mask has {area:.0f} pixels "
+            found.append((NOTE, f"crowd area {ann['area']} but its RLE mask has {area:.0f} pixels "
                                   f"(as in COCO; crowd areas are read by nothing)"))
         else:
-            found.append(("defect", f"area {ann['area']} but its RLE mask has {area:.0f} pixels"))
+            found.append((DEFECT, f"area {ann['area']} but its RLE mask has {area:.0f} pixels"))
     if max(abs(a - b) for a, b in zip(ann["bbox"], box)) > 1:
-        found.append(("defect", f"bbox {ann['bbox']} but its RLE mask spans {[round(v) for v in box]}"))
+        found.append((DEFECT, f"bbox {ann['bbox']} but its RLE mask spans {[round(v) for v in box]}"))
     return found
 
 
@@ -183,11 +185,11 @@ def panoptic_stats_findings(ids: np.ndarray, segments_info: Sequence[dict]) -> l
         if seg["id"] == 0 or seg["id"] not in area:
             continue
         if "area" in seg and seg["area"] != area[seg["id"]]:
-            found.append(("defect", f"segment {seg['id']}: area {seg['area']} but "
+            found.append((DEFECT, f"segment {seg['id']}: area {seg['area']} but "
                                     f"{area[seg['id']]} pixels"))
         if "bbox" in seg:
             ys, xs = np.nonzero(ids == seg["id"])
             box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
             if list(seg["bbox"]) != box:
-                found.append(("note", f"segment {seg['id']}: bbox {seg['bbox']} but its pixels span {box}"))
+                found.append((NOTE, f"segment {seg['id']}: bbox {seg['bbox']} but its pixels span {box}"))
     return found
