@@ -22,7 +22,7 @@ GPU_ITERS ?= 300
 GPU_VAL   ?= 200
 GPU_ARGS  ?=
 
-.PHONY: setup demo bench time-to-accuracy gpu-check test test-unit test-notebooks clean
+.PHONY: setup demo compare bench time-to-accuracy gpu-check test test-unit test-notebooks clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) -m blendmask_edu demo --data $(DATA) --out $(RUN)
+
+# BlendMask against its Mask R-CNN counterpart (Panoptic-FPN) on $(DATA): three trainings
+# (about an hour on 2 cores), both evaluated, runs/compare/report.md; resumes when interrupted.
+compare: setup
+	$(PY) -m blendmask_edu compare --data $(DATA) --out runs/compare
 
 bench: setup
 	$(PY) benchmarks/speed.py

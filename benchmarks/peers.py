@@ -21,7 +21,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from blendmask_edu import build_model, get_config
-from blendmask_edu.config import Config, override
+from blendmask_edu.config import Config
+from blendmask_edu.config_override import override
 from blendmask_edu.modeling.detector import build_fcos
 
 NORM_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d, nn.GroupNorm)

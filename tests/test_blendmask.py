@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from blendmask_edu import build_model, get_config
-from blendmask_edu.config import override
+from blendmask_edu.config_override import override
 from blendmask_edu.data.coco import CocoInstances
 from blendmask_edu.data.files import dataset_paths
 from blendmask_edu.data.synthetic import generate_shapes

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from blendmask_edu.config import describe, from_dict, load_config, override, save_config, to_dict
+from blendmask_edu.config import describe, from_dict, load_config, save_config, to_dict
+from blendmask_edu.config_override import override
 from blendmask_edu.presets import PRESETS, get_config
 
 

@@ -197,6 +197,11 @@ def test_no_detections_give_zero_ap_and_valid_files(shapes_val, tmp_path):
 
     flat = evaluate_coco(Blind(shapes_val), shapes_val, 64, 64, progress=False, out_dir=tmp_path)
     assert flat["AP"] == 0.0 and flat["mask_AP"] == 0.0 and flat["mask_APs"] == 0.0
+    assert flat["AP_boundary"] == 0.0
+    per_case = [v for k, v in flat.items() if k.endswith(("_box_AP", "_mask_AP", "_AP_boundary"))
+                and k not in ("mask_AP", "AP_boundary")]  # 0 for a case held, NaN for another
+    assert len(per_case) == 15 and 0.0 in per_case
+    assert all(v == 0.0 or np.isnan(v) for v in per_case)
     assert np.isnan(flat["APl"]) and np.isnan(flat["mask_APl"])  # no object that large
     assert _strict_json(tmp_path / "metrics.json")["detections"] == 0
     assert json.loads((tmp_path / "coco_instances_results.json").read_text()) == []
@@ -268,8 +273,14 @@ def test_results_carry_cocos_own_category_ids_up_to_90(tmp_path):
     dataset = CocoInstances.from_paths(dataset_paths(tmp_path / "coco", "val2017"))
     assert max(dataset.categories.thing_ids) == 90 and len(dataset.categories.thing_ids) == 80
     out = tmp_path / "eval"
+    write_metrics(out, {"hard_cases": {"split": {"instances": 3}}})  # an earlier shapes run's
     flat = evaluate_coco(NoisyOracle(dataset), dataset, short_size=64, max_size=200,
                          progress=False, out_dir=out)
+    # COCO's annotations carry no hard-case tags: no per-case block (the stale one goes), but
+    # boundary AP like any evaluation with masks
+    written = _strict_json(out / "metrics.json")
+    assert "hard_cases" not in written and not any(k.startswith("split_") for k in flat)
+    assert written["AP_boundary"] == written["boundary"]["AP"] == pytest.approx(flat["AP_boundary"])
     results = json.loads((out / RESULTS_FILE).read_text())
     annotated = {a["category_id"] for a in dataset.coco.dataset["annotations"]}
     found = {r["category_id"] for r in results}
@@ -340,3 +351,51 @@ def test_panoptic_evaluation_with_cocos_133_categories(tmp_path):
     found = {s["category_id"] for a in written["annotations"] for s in a["segments_info"]}
     assert min(found) <= 90 and max(found) >= 92  # things and stuff under their COCO ids
     assert len(list((out / "panoptic_val2017").glob("*.png"))) == len(dataset)
+
+
+# ----------------------------------------------------------------------------- boundary AP, cases
+
+
+def test_boundary_ap_and_hard_cases_in_the_flat_metrics_and_metrics_json(shapes_val, tmp_path):
+    from blendmask_edu.evaluation.coco import coco_ap
+    from blendmask_edu.evaluation.hard_cases import KNOWN_TAGS, count_instances, hard_case_ap
+
+    flat = evaluate_coco(NoisyOracle(shapes_val), shapes_val, short_size=96, max_size=200,
+                         progress=False, out_dir=tmp_path)
+    metrics = _strict_json(tmp_path / "metrics.json")
+    results = json.loads((tmp_path / RESULTS_FILE).read_text())
+    gt = COCO(str(shapes_val.instances_json))
+    # boundary AP: an independent run on the written files; the NoisyOracle's masks are one
+    # pixel off, which costs outlines (d = 2 px at 64 px) more than masks
+    expected = coco_ap(gt, results, "boundary")
+    assert [metrics["boundary"][k] for k in AP_NAMES] == pytest.approx(
+        [None if np.isnan(v) else v for v in expected.values()], abs=1e-9)
+    assert metrics["AP_boundary"] == pytest.approx(metrics["boundary"]["AP"])
+    for name in ("AP", "AP50", "AP75"):
+        assert flat[name + "_boundary"] == pytest.approx(expected[name])
+    assert flat["AP_boundary"] < flat["mask_AP"]
+    # per hard case: every tag, its instance count from the ground truth file, the APs of an
+    # independent run, and the flat keys
+    cases = metrics["hard_cases"]
+    assert list(cases) == list(KNOWN_TAGS)
+    assert {t: row["instances"] for t, row in cases.items()} == count_instances(gt, KNOWN_TAGS)
+    assert sum(row["instances"] for row in cases.values()) > 0
+    again = hard_case_ap(gt, results)
+    for tag, row in cases.items():
+        assert set(row) == {"instances", "box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50",
+                            "mask_AP75", "AP_boundary", "AP50_boundary", "AP75_boundary"}
+        for key, value in row.items():
+            assert value == (None if np.isnan(again[tag][key]) else pytest.approx(again[tag][key]))
+        for key in ("box_AP", "mask_AP", "AP_boundary"):
+            assert np.isnan(flat[f"{tag}_{key}"]) if row[key] is None else \
+                flat[f"{tag}_{key}"] == pytest.approx(row[key])
+    np.testing.assert_equal(read_metrics(tmp_path)["hard_cases"],  # null read back as NaN
+                            {t: {k: np.nan if v is None else v for k, v in row.items()}
+                             for t, row in cases.items()})
+    # without boundary AP the boundary keys go, also from the file
+    flat = evaluate_coco(NoisyOracle(shapes_val), shapes_val, short_size=96, max_size=200,
+                         progress=False, out_dir=tmp_path, boundary=False)
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert "boundary" not in metrics and "AP_boundary" not in metrics
+    assert not any(k.endswith("_boundary") for k in flat)
+    assert "AP_boundary" not in metrics["hard_cases"]["split"] and "split_mask_AP" in flat

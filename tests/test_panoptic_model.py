@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blendmask_edu.config import override
+from blendmask_edu.config_override import override
 from blendmask_edu.presets import get_config
 from blendmask_edu.data.transforms import boxes_from_masks, resize_for_test
 from blendmask_edu.evaluation.inference import detect

@@ -260,7 +260,16 @@ def test_size_range_and_hard_case_floors(big_val):
     assert max(long_sides) / min(long_sides) >= 8
 
 
-def test_split_tag_iff_two_components(big_val):
+@pytest.fixture(scope="module")
+def val_components(big_val):
+    """{annotation id: its 8-connected component count by flood fill} on the 200 val images."""
+    root, _ = big_val
+    data = _load(root / "annotations" / "instances_val.json")
+    return {a["id"]: _components_bfs(mask_util.decode(a["segmentation"]).astype(bool))
+            for a in data["annotations"]}
+
+
+def test_split_tag_iff_two_components(big_val, val_components):
     root, _ = big_val
     data = _load(root / "annotations" / "instances_val.json")
     anns_by_image = {}
@@ -268,8 +277,7 @@ def test_split_tag_iff_two_components(big_val):
         anns_by_image.setdefault(a["image_id"], []).append(a)
     seen = set()
     for img in data["images"]:
-        split = any(_components_bfs(mask_util.decode(a["segmentation"]).astype(bool)) >= 2
-                    for a in anns_by_image.get(img["id"], []))
+        split = any(val_components[a["id"]] >= 2 for a in anns_by_image.get(img["id"], []))
         assert split == ("split" in img["hard_cases"]), img["id"]
         seen.add(split)
     assert seen == {True, False}
@@ -310,3 +318,89 @@ def test_ensure_shapes_generates_once(tmp_path):
     assert (root / "annotations" / "instances_val.json").stat().st_mtime_ns == stamp
     synthetic.ensure_shapes(root, num_train=2, num_val=4, size=64, progress=False)
     assert len(json.loads((root / "annotations" / "instances_val.json").read_text())["images"]) == 4
+
+
+# ----------------------------------------------------------------------------- per-thing tags
+
+
+def _anns_by_image(data):
+    by_image = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    return by_image
+
+
+def test_per_annotation_tags_agree_with_the_pixels(big_val, val_components):
+    """Each thing's own tags, recomputed from its RLE apart from the library: components by
+    flood fill (split), the box's long side (small, large), the category (complex)."""
+    root, _ = big_val
+    data = _load(root / "annotations" / "instances_val.json")
+    size = data["images"][0]["width"]
+    complex_ids = {c["id"] for c in THING_CATEGORIES if c["name"] in ("star", "ring")}
+    counts = dict.fromkeys(synthetic.HARD_CASES, 0)
+    for a in data["annotations"]:
+        tags = a["hard_cases"]
+        assert tags == sorted(set(tags)) and set(tags) <= set(synthetic.HARD_CASES), a["id"]
+        mask = mask_util.decode(a["segmentation"]).astype(bool)
+        long_side = max(_bbox(mask)[2:])
+        expected = {"split": val_components[a["id"]] >= 2, "small": long_side < size / 8,
+                    "large": long_side > size / 2, "complex": a["category_id"] in complex_ids}
+        assert {t: t in tags for t in expected} == expected, a["id"]
+        for t in tags:
+            counts[t] += 1
+    print("val annotations per tag:", counts)
+    assert all(n > 0 for n in counts.values())  # 200 images hold every case
+
+
+def test_overlap_tags_come_in_pairs_and_images_hold_the_union(big_val):
+    root, _ = big_val
+    data = _load(root / "annotations" / "instances_val.json")
+    by_image = _anns_by_image(data)
+    for img in data["images"]:
+        anns = by_image.get(img["id"], [])
+        union = sorted(set().union(*(a["hard_cases"] for a in anns)))
+        assert img["hard_cases"] == union, img["id"]
+        tagged = sum("overlap" in a["hard_cases"] for a in anns)
+        # full shapes overlap in pairs: an image tagged overlap has both things of a pair tagged
+        assert tagged != 1 and (tagged >= 2) == ("overlap" in img["hard_cases"]), img["id"]
+
+
+def test_panoptic_things_carry_the_same_tags_and_stuff_none(small):
+    root, _ = small
+    for split in SPLITS:
+        pan = _load(root / "annotations" / f"panoptic_{split}.json")
+        inst = _load(root / "annotations" / f"instances_{split}.json")
+        things = {c["id"] for c in THING_CATEGORIES}
+        by_image = _anns_by_image(inst)
+        for entry in pan["annotations"]:
+            ids = _png_ids(root / "annotations" / f"panoptic_{split}" / entry["file_name"])
+            for a in by_image.get(entry["image_id"], []):
+                mask = mask_util.decode(a["segmentation"]).astype(bool)
+                (seg_id,) = np.unique(ids[mask]).tolist()
+                seg = next(s for s in entry["segments_info"] if s["id"] == seg_id)
+                assert seg["hard_cases"] == a["hard_cases"]
+            for seg in entry["segments_info"]:
+                assert ("hard_cases" in seg) == (seg["category_id"] in things)
+
+
+def test_render_image_tags_each_thing():
+    for i in range(10):
+        s = render_image(np.random.default_rng(i), 96)
+        assert len(s.instance_hard_cases) == len(s.instance_masks)
+        assert s.hard_cases == sorted(set().union(*s.instance_hard_cases))
+        for seg, tags in zip(s.segments, s.instance_hard_cases):
+            assert seg["hard_cases"] == tags
+
+
+def test_ensure_shapes_regenerates_an_older_version(tmp_path):
+    root = synthetic.ensure_shapes(tmp_path / "s", num_train=1, num_val=2, size=64, progress=False)
+    path = root / "annotations" / "instances_val.json"
+    data = json.loads(path.read_text())
+    data["info"]["version"] = "1.0"
+    for a in data["annotations"]:
+        del a["hard_cases"]
+    path.write_text(json.dumps(data))
+    synthetic.ensure_shapes(root, num_train=1, num_val=2, size=64, progress=False)
+    data = json.loads(path.read_text())
+    assert data["info"]["version"] == synthetic.DATASET_VERSION
+    assert all("hard_cases" in a for a in data["annotations"])

@@ -3,7 +3,7 @@ command line and in Markdown for the demo report (written end to end in test_cli
 
 import math
 
-from blendmask_edu.evaluation.tables import (PAPER_TABLE1, TABLE1_COLUMNS, format_ap_table,
+from blendmask_edu.evaluation.tables import (LABEL_WIDTHS, PAPER_TABLE1, TABLE1_COLUMNS, format_ap_table,
                                              format_metrics, format_table1, table1_row)
 
 FLAT = {"AP": 41.25, "AP50": 70.0, "AP75": 40.0, "APs": 30.0, "APm": 50.0, "APl": float("nan"),
@@ -47,7 +47,7 @@ def test_format_table1_layout():
 def test_table1_text_columns_line_up():
     header, rule, row = format_table1([{"method": "BlendMask (ours)", "backbone": "R-18",
                                         **dict.fromkeys(TABLE1_COLUMNS, 1.0)}]).splitlines()
-    assert len(header) == len(rule) == len(row) == 18 + 16 + 8 * len(TABLE1_COLUMNS)
+    assert len(header) == len(rule) == len(row) == LABEL_WIDTHS["method"] + LABEL_WIDTHS["backbone"] + 8 * len(TABLE1_COLUMNS)
     assert header.index("PQ ") + 2 == row.index("1.0") + 3  # numbers right-aligned under names
 
 
@@ -66,4 +66,30 @@ def test_format_metrics_adds_table1_only_for_a_panoptic_evaluation():
     panoptic = {**FLAT, **dict.fromkeys(TABLE1_COLUMNS, 5.0)}
     text = format_metrics(panoptic, backbone="R-18")
     assert text.startswith(format_ap_table(FLAT) + "\n\n")
-    assert text.splitlines()[-1].startswith("BlendMask (ours)  R-18")
+    assert text.splitlines()[-1].startswith("BlendMask (ours)      R-18")
+
+
+def test_hard_case_table_two_models_from_metrics_json_and_flat_dicts():
+    from blendmask_edu.evaluation.tables import hard_case_table
+
+    mask_rcnn = {"segm": {"AP": 40.0}, "hard_cases": {
+        "split": {"instances": 12, "box_AP": 30.0, "mask_AP": 21.04, "AP_boundary": 10.0},
+        "large": {"instances": 0, "box_AP": None, "mask_AP": None, "AP_boundary": None}}}
+    blendmask = {"mask_AP": 45.0, "split_box_AP": 31.0, "split_mask_AP": 25.55,
+                 "split_AP_boundary": 18.25, "large_mask_AP": float("nan"),
+                 "large_AP_boundary": float("nan"), "AP_boundary": 30.0, "AP50_boundary": 50.0}
+    lines = hard_case_table({"Mask R-CNN": mask_rcnn, "BlendMask": blendmask}).splitlines()
+    assert lines == [
+        "| case | instances | Mask R-CNN mask AP | Mask R-CNN boundary AP | BlendMask mask AP "
+        "| BlendMask boundary AP |",
+        "|---|---|---|---|---|---|",
+        "| split | 12 | 21.0 | 10.0 | 25.6 | 18.2 |",
+        "| large | 0 | – | – | – | – |"]
+    # the flat dict alone has no instance counts; a case one model lacks is a dash for it
+    only_flat = hard_case_table({"BlendMask": blendmask, "other": {"overlap_mask_AP": 5.0}})
+    assert only_flat.splitlines()[2] == "| split | – | 25.6 | 18.2 | – | – |"
+    assert only_flat.splitlines()[4] == "| overlap | – | – | – | 5.0 | – |"
+    text = hard_case_table({"Mask R-CNN": mask_rcnn}, markdown=False).splitlines()
+    assert text[0].split() == ["case", "instances", "Mask", "R-CNN", "mask", "AP", "Mask", "R-CNN",
+                               "boundary", "AP"]
+    assert text[1].split() == ["split", "12", "21.0", "10.0"] and len(set(map(len, text))) == 1

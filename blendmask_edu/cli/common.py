@@ -33,7 +33,7 @@ def parse_overrides(extra: Sequence[str]) -> List[Tuple[str, Union[str, Tuple[st
     """``["--solver.base_lr", "0.01", "--seed=3"]`` → ``[("solver.base_lr", "0.01"), ("seed", "3")]``;
     dashes in a key become underscores. Every token up to the next ``--`` option is a value:
     ``["--input.train_short_sizes", "320", "352"]`` → ``("input.train_short_sizes", ("320",
-    "352"))`` (a tuple when there are several; :func:`config.override` reads them, a one-value
+    "352"))`` (a tuple when there are several; :func:`config_override.override` reads them, a one-value
     field refuses several). UsageError for a token that is not an override."""
     pairs, i = [], 0
     while i < len(extra):
@@ -54,10 +54,10 @@ def parse_overrides(extra: Sequence[str]) -> List[Tuple[str, Union[str, Tuple[st
 
 
 def apply_overrides(cfg, pairs: Sequence[Tuple[str, str]]):
-    """``cfg`` (a Config) with each ``(dotted key, text)`` applied by :func:`config.override`
+    """``cfg`` (a Config) with each ``(dotted key, text)`` applied by :func:`config_override.override`
     (which checks the key and the value's type); a wrong one is a UsageError, reported in one
     line."""
-    from blendmask_edu.config import override
+    from blendmask_edu.config_override import override
 
     for key, text in pairs:
         try:
@@ -180,11 +180,12 @@ def print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
     from blendmask_edu.evaluation.evaluate import PR_CURVE_FILE
     from blendmask_edu.evaluation.metrics import METRICS_FILE
     from blendmask_edu.evaluation.panoptic_files import prediction_paths
+    from blendmask_edu.config import model_name
     from blendmask_edu.evaluation.tables import format_metrics
 
     backbone = f"R-{cfg.backbone.depth}" + (f" (width {cfg.backbone.width})"
                                              if cfg.backbone.width != 64 else "")
-    print(format_metrics(metrics, backbone=backbone))
+    print(format_metrics(metrics, method=f"{model_name(cfg)} (ours)", backbone=backbone))
     files = [out / METRICS_FILE, out / RESULTS_FILE, out / PR_CURVE_FILE]
     if "PQ" in metrics:
         files += list(prediction_paths(out, split))

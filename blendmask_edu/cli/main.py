@@ -15,6 +15,7 @@
     blendmask-edu predict      --checkpoint FILE IMAGE... --out DIR [--score-thresh 0.3]
                                [--preset NAME]
     blendmask-edu demo         [--data DIR] [--out DIR] [--max-iter N] [--device cpu|cuda]
+    blendmask-edu compare      [--data DIR] [--out DIR] [--max-iter N] [--device cpu|cuda]
                                [--train-split NAME] [--val-split NAME]
 
 ``train`` and ``demo`` take typed config overrides after the other options, one
@@ -37,8 +38,8 @@ Every problem with the user's files or arguments ends in one line that names the
 argument and the problem, and exit code 2 — never a traceback.
 
 This module parses the command line and reports errors; the commands are in
-:mod:`~blendmask_edu.cli.data_commands` and :mod:`~blendmask_edu.cli.model_commands`, what they
-share in :mod:`~blendmask_edu.cli.common`.
+:mod:`~blendmask_edu.cli.data_commands`, :mod:`~blendmask_edu.cli.model_commands` and
+:mod:`~blendmask_edu.cli.compare_command`, what they share in :mod:`~blendmask_edu.cli.common`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from blendmask_edu.cli import data_commands, model_commands
+from blendmask_edu.cli import compare_command, data_commands, model_commands
 from blendmask_edu.cli.common import UsageError, offline_weights_message, parse_overrides
 from blendmask_edu.data.errors import DatasetError
 
@@ -179,6 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     split_options(demo)
     device_option(demo)
     demo.set_defaults(func=model_commands.cmd_demo, takes_overrides=True)
+
+    compare = commands.add_parser(
+        "compare", allow_abbrev=False,
+        help="train BlendMask (tiny_fast) and its Mask R-CNN counterpart (tiny_mask_rcnn) at "
+             "equal steps and equal time, evaluate both, write OUT/report.md",
+        epilog="Each training resumes from its last.pt: an interrupted compare continues where "
+               "it stopped; delete OUT to start over. Config overrides (--section.key VALUE) "
+               "apply to both models.")
+    compare.add_argument("--data", default=model_commands.DEFAULT_DATA,
+                         help=f"shapes folder ({model_commands.DEFAULT_DATA}); generated when "
+                              f"missing")
+    compare.add_argument("--out", default="runs/compare")
+    compare.add_argument("--max-iter", type=int,
+                         help="iterations of BlendMask and of the equal-steps Mask R-CNN "
+                              "(default: the presets')")
+    compare.add_argument("--timing-images", type=int, default=50,
+                         help="val images the inference ms/image is timed on (50)")
+    compare.add_argument("--train", type=int, default=2000, help="train images to generate (2000)")
+    compare.add_argument("--val", type=int, default=200, help="val images to generate (200)")
+    compare.add_argument("--size", type=int, default=128, help="image side in pixels (128)")
+    split_options(compare)
+    device_option(compare)
+    compare.set_defaults(func=compare_command.cmd_compare, takes_overrides=True)
     return parser
 
 
@@ -219,7 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(error, "path", None) is None:
             print("interrupted", file=sys.stderr)
         elif os.environ.get("RANK", "0") == "0":  # one line under torchrun, not one per process
-            again = ("run the same command again to continue" if args.command == "demo"
+            again = ("run the same command again to continue"
+                     if args.command in ("demo", "compare")
                      else "continue with --resume")
             print(f"{error}; {again}", file=sys.stderr)
         return getattr(error, "exit_code", 130)

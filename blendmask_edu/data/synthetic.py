@@ -13,14 +13,18 @@ them: poles and, sometimes, a net (stuff too). How each is drawn is
 :mod:`blendmask_edu.data.shapes_drawing`'s job; this module turns a drawn scene into what is
 visible, its panoptic segments, its hard-case tags and COCO files.
 
-The hard cases of the paper's Appendix B are made on purpose, and each image lists the ones it
-holds in ``images[i]["hard_cases"]`` of both JSON files, so notebooks can select them:
-- ``"split"``: some thing's visible mask has >= 2 connected components (8-connectivity), e.g.
-  because a pole cuts it in two; decided by counting components, not assumed;
-- ``"overlap"``: the full shapes of two annotated things overlap, so the one behind is partly
-  hidden (things are z-ordered; masks are the visible parts only);
-- ``"complex"``: a star (thin sharp points) or a ring (a hole) is present;
-- ``"small"`` / ``"large"``: some thing's visible box has a long side < 1/8 / > 1/2 of the image.
+The hard cases of the paper's Appendix B are made on purpose and tagged per thing: every thing
+annotation (``instances_{split}.json``) and every thing segment of the panoptic JSON's
+``segments_info`` has its own sorted list ``"hard_cases"`` (stuff segments have none), and each
+image lists the union of its things' tags in ``images[i]["hard_cases"]`` of both JSON files, so
+notebooks can select images and the evaluation can score each case apart
+(:mod:`blendmask_edu.evaluation.hard_cases`). A thing is tagged
+- ``"split"``: its visible mask has >= 2 connected components (8-connectivity), e.g. because a
+  pole cuts it in two; decided by counting components, not assumed;
+- ``"overlap"``: its full (unoccluded) shape overlaps another annotated thing's, whether it lies
+  in front or behind (things are z-ordered; masks are the visible parts only);
+- ``"complex"``: it is a star (thin sharp points) or a ring (a hole);
+- ``"small"`` / ``"large"``: its visible box has a long side < 1/8 / > 1/2 of the image.
 On val (200 images, seeds 0-9) 37-46 % of images hold a split thing and 38-44 % overlapping
 things; about 40 % hold neither. A thing whose visible part is under 20 px is not drawn at all.
 
@@ -79,6 +83,9 @@ MIN_VISIBLE_AREA = 20  # px; a thing with fewer visible pixels is not drawn and 
 SPLIT_CODES = {"train": 0, "val": 1}
 ID_OFFSETS = {"train": 0, "val": 1_000_000}
 HARD_CASES = ("split", "overlap", "complex", "small", "large")
+# Written to info["version"]; 1.1 added the per-thing "hard_cases". ensure_shapes regenerates a
+# dataset of another version, so that older files on disk gain what the evaluation now reads.
+DATASET_VERSION = "1.1"
 
 
 @dataclass
@@ -88,7 +95,9 @@ class SyntheticImage:
     image: [H, W, 3] uint8. instance_masks: G x [H, W] bool, the visible parts, in z-order (back
     to front). instance_categories: G thing ids. instance_sizes: G drawn diameters in px.
     panoptic_ids: [H, W] int32 segment ids (things are 1..G in z-order, then stuff).
-    segments: S dicts {id, category_id, iscrowd, area, bbox=[x, y, w, h]}. hard_cases: sorted tags.
+    segments: S dicts {id, category_id, iscrowd, area, bbox=[x, y, w, h]}, the G thing segments
+    with their ``hard_cases`` too. instance_hard_cases: G sorted tag lists, one per thing.
+    hard_cases: the image's sorted tags, the union of ``instance_hard_cases``.
     """
 
     image: np.ndarray
@@ -98,6 +107,7 @@ class SyntheticImage:
     panoptic_ids: np.ndarray
     segments: list
     hard_cases: list
+    instance_hard_cases: list
 
 
 # ---------------------------------------------------------------------------- masks and tags
@@ -148,25 +158,39 @@ def _bbox(mask):
     return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
 
 
-def _hard_cases(size, full, visible, categories):
-    """Sorted tags (see the module docstring) for the annotated things of one image."""
-    tags = set()
-    if any(count_components(v) >= 2 for v in visible):
-        tags.add("split")
-    if any((full[i] & full[j]).any() for j in range(len(full)) for i in range(j)):
-        tags.add("overlap")
-    if any(c in (STAR, RING) for c in categories):
-        tags.add("complex")
-    long_sides = [max(_bbox(v)[2:]) for v in visible]
-    if any(s < size / 8 for s in long_sides):
-        tags.add("small")
-    if any(s > size / 2 for s in long_sides):
-        tags.add("large")
-    return sorted(tags)
+def _instance_hard_cases(size, full, visible, categories):
+    """Sorted tags (see the module docstring) of each annotated thing of one image.
+
+    Takes the side ``size``, the G full and visible masks ([H, W] bool, z-order) and the G
+    category ids; returns G sorted lists of tags. The one place that decides a tag: the image's
+    tags are derived from these (:func:`_image_hard_cases`).
+    """
+    tags = [set() for _ in full]
+    for g, (f, v, c) in enumerate(zip(full, visible, categories)):
+        if count_components(v) >= 2:
+            tags[g].add("split")
+        # Both things of an overlapping pair are tagged: the one behind is hidden, and the one in
+        # front has a neighbour whose pixels touch its own, so both are hard to separate.
+        if any((f & other).any() for h, other in enumerate(full) if h != g):
+            tags[g].add("overlap")
+        if c in (STAR, RING):
+            tags[g].add("complex")
+        long_side = max(_bbox(v)[2:])
+        if long_side < size / 8:
+            tags[g].add("small")
+        if long_side > size / 2:
+            tags[g].add("large")
+    return [sorted(t) for t in tags]
 
 
-def _segments(sky, pole, net, visible, categories):
-    """Panoptic id map [H, W] int32 and segments: things 1..G, then each stuff class present."""
+def _image_hard_cases(instance_tags):
+    """An image's sorted tags: the union of its things' tag lists (list of lists of str)."""
+    return sorted(set().union(*instance_tags))
+
+
+def _segments(sky, pole, net, visible, categories, instance_tags):
+    """Panoptic id map [H, W] int32 and segments: things 1..G (each with its ``hard_cases`` from
+    ``instance_tags``, G lists), then each stuff class present (no ``hard_cases``)."""
     stuff = np.where(sky, SKY, GROUND)
     stuff[net] = NET
     stuff[pole] = POLE
@@ -182,6 +206,8 @@ def _segments(sky, pole, net, visible, categories):
             ids[m] = len(masks)
     segments = [{"id": s + 1, "category_id": int(c), "iscrowd": 0, "area": int(m.sum()),
                  "bbox": _bbox(m)} for s, (m, c) in enumerate(zip(masks, cats))]
+    for segment, tags in zip(segments, instance_tags):  # the things come first
+        segment["hard_cases"] = list(tags)
     return ids, segments
 
 
@@ -190,7 +216,8 @@ def render_image(rng: np.random.Generator, size: int) -> SyntheticImage:
 
     Takes a numpy Generator (all randomness comes from it) and the side ``size`` in px; returns a
     ``SyntheticImage`` with ``image`` [size, size, 3] uint8, G visible ``instance_masks``
-    [size, size] bool in z-order, ``panoptic_ids`` [size, size] int32 and its ``segments``.
+    [size, size] bool in z-order, ``panoptic_ids`` [size, size] int32, its ``segments`` and the
+    hard-case tags of each thing and of the image.
     """
     sky, background = draw_background(rng, size)
     for _ in range(100):  # redraw in the rare case (~1 image in 2000) that no thing stays visible
@@ -206,9 +233,10 @@ def render_image(rng: np.random.Generator, size: int) -> SyntheticImage:
     visible = _visible(full, occluder)
     categories, diameters = [categories[g] for g in keep], [diameters[g] for g in keep]
     image = paint(rng, background, sky, full, poles, net)
-    ids, segments = _segments(sky, pole, net, visible, categories)
+    instance_tags = _instance_hard_cases(size, full, visible, categories)
+    ids, segments = _segments(sky, pole, net, visible, categories, instance_tags)
     return SyntheticImage(image, visible, categories, diameters, ids, segments,
-                          _hard_cases(size, full, visible, categories))
+                          _image_hard_cases(instance_tags), instance_tags)
 
 
 # ---------------------------------------------------------------------------- files
@@ -218,15 +246,17 @@ def _write_png(array, path):
 
 
 def _instance_annotations(sample, image_id):
-    """COCO instance annotations of one image; ids are image_id * 100 + g + 1, unique everywhere."""
+    """COCO instance annotations of one image, each with its ``hard_cases``; ids are
+    image_id * 100 + g + 1, unique everywhere."""
     annotations = []
-    for g, (m, c) in enumerate(zip(sample.instance_masks, sample.instance_categories)):
+    for g, (m, c, tags) in enumerate(zip(sample.instance_masks, sample.instance_categories,
+                                         sample.instance_hard_cases)):
         rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
         segmentation = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()}
         annotations.append({
             "id": image_id * 100 + g + 1, "image_id": image_id, "category_id": c, "iscrowd": 0,
             "segmentation": segmentation, "area": int(m.sum()),
-            "bbox": [float(v) for v in mask_util.toBbox(rle)],
+            "bbox": [float(v) for v in mask_util.toBbox(rle)], "hard_cases": list(tags),
         })
     return annotations
 
@@ -248,7 +278,7 @@ def generate_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: i
     root = Path(out_dir)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     info = {"description": "blendmask_edu shapes: synthetic panoptic dataset", "seed": seed,
-            "size": size, "version": "1.0"}
+            "size": size, "version": DATASET_VERSION}
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
     records = {s: {"images": [], "annotations": [], "panoptic": [], "sizes": []}
                for s in SPLIT_CODES}
@@ -298,15 +328,17 @@ def generate_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: i
 
 def ensure_shapes(out_dir: Union[str, Path], num_train: int = 2000, num_val: int = 200,
                   size: int = 128, seed: int = 0, progress: bool = True) -> Path:
-    """The shapes dataset at ``out_dir``, generated only if it is missing or was made with other
-    arguments (read back from the JSON files' ``info`` and image counts). Returns the root."""
+    """The shapes dataset at ``out_dir``, generated only if it is missing, was made with other
+    arguments (read back from the JSON files' ``info`` and image counts) or by another version
+    of this generator (``info["version"]``, :data:`DATASET_VERSION`). Returns the root."""
     root = Path(out_dir)
     try:
         for split, count in (("train", num_train), ("val", num_val)):
             with open(root / "annotations" / f"instances_{split}.json", encoding="utf-8") as f:
                 data = json.load(f)
-            if (data["info"].get("seed"), data["info"].get("size"), len(data["images"])) != \
-                    (seed, size, count):
+            info = data["info"]
+            if (info.get("seed"), info.get("size"), info.get("version"), len(data["images"])) != \
+                    (seed, size, DATASET_VERSION, count):
                 raise ValueError("made with other arguments")
     except (OSError, ValueError, KeyError):
         generate_shapes(root, num_train, num_val, size, seed, progress)

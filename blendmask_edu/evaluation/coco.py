@@ -3,9 +3,10 @@
 The results format is a list with one dict per detection: ``image_id``, ``category_id`` (real
 ids), ``bbox`` [x, y, w, h], ``score`` and, for masks, ``segmentation`` as RLE
 (:func:`to_coco_results`); ``coco_instances_results.json`` holds such a list, readable by
-``COCO.loadRes``. Scoring it gives AP, AP50, AP75 and APs/m/l in percent for boxes (``bbox``)
-and masks (``segm``) (:func:`coco_ap`, :func:`coco_metrics`), and the precision–recall curves
-that AP is the area under (:func:`precision_curves`). A size range without any ground-truth
+``COCO.loadRes``. Scoring it gives AP, AP50, AP75 and APs/m/l in percent for boxes (``bbox``),
+masks (``segm``) and mask outlines (``boundary``: boundary AP, :mod:`.boundary`)
+(:func:`coco_ap`, :func:`coco_metrics`), and the precision–recall curves that AP is the area
+under (:func:`precision_curves`). A size range without any ground-truth
 object (COCO's "large" on 128 px shapes) has no AP: NaN.
 
 Uses pycocotools for everything it already does well (RLE, matching, AP). Introduced in
@@ -26,8 +27,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
+from blendmask_edu.evaluation.boundary import BoundaryCOCOeval
+
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = {"bbox": "", "segm": "mask_"}  # COCOeval's iouType → prefix of the flat metric keys
+BOUNDARY = "boundary"  # run_cocoeval's iou type for boundary AP (masks, BoundaryCOCOeval)
+BOUNDARY_SUFFIX = "_boundary"  # its flat metric keys: AP_boundary, AP50_boundary, AP75_boundary
 RESULTS_FILE = "coco_instances_results.json"
 
 
@@ -71,15 +76,18 @@ def encode_masks(masks: torch.Tensor, size: Tuple[int, int]) -> List[Dict]:
 
 def run_cocoeval(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
                  image_ids: Optional[Sequence[int]] = None) -> Optional[COCOeval]:
-    """``COCOeval`` of the results list against ``coco_gt`` for ``iou_type`` (``bbox`` or
-    ``segm``), after ``evaluate``, ``accumulate`` and ``summarize`` (its printing silenced),
-    on ``image_ids`` (default: all); None when there are no results (pycocotools refuses an
-    empty list)."""
+    """``COCOeval`` of the results list against ``coco_gt`` for ``iou_type`` (``bbox``,
+    ``segm`` or ``boundary``: a :class:`~.boundary.BoundaryCOCOeval`), after ``evaluate``,
+    ``accumulate`` and ``summarize`` (its printing silenced), on ``image_ids`` (default: all);
+    None when there are no results (pycocotools refuses an empty list)."""
+    if iou_type not in (*IOU_TYPES, BOUNDARY):
+        raise ValueError(f"iou_type must be one of {(*IOU_TYPES, BOUNDARY)}, got {iou_type!r}")
     if not results:
         return None
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to each dict
-        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator = (BoundaryCOCOeval(coco_gt, coco_dt) if iou_type == BOUNDARY
+                     else COCOeval(coco_gt, coco_dt, iou_type))
         if image_ids is not None:
             evaluator.params.imgIds = list(image_ids)
         evaluator.evaluate()
@@ -110,16 +118,26 @@ def _ap(evaluator: Optional[COCOeval], coco_gt: COCO,
     return _ap_without_detections(coco_gt, image_ids) if evaluator is None else _ap_from_stats(evaluator)
 
 
+def evaluate_ap(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
+                image_ids: Optional[Sequence[int]] = None
+                ) -> Tuple[Dict[str, float], Optional[COCOeval]]:
+    """:func:`coco_ap`'s numbers ({AP_NAMES: percent}) and the evaluator they come from (None:
+    no detections), for a caller that reads more from it (curves, IoUs)."""
+    evaluator = run_cocoeval(coco_gt, results, iou_type, image_ids)
+    return _ap(evaluator, coco_gt, image_ids), evaluator
+
+
 def coco_ap(coco_gt: COCO, results: Sequence[Dict], iou_type: str = "bbox",
             image_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
-    """COCO AP, AP50, AP75, APs/m/l in percent for ``results`` against ``coco_gt``.
+    """COCO AP, AP50, AP75, APs/m/l in percent for ``results`` against ``coco_gt``, with
+    ``iou_type`` ``bbox``, ``segm`` or ``boundary`` (boundary AP).
 
     A size range without any ground-truth object (COCO's "large" on 128 px shapes) is NaN.
     ``image_ids`` limits the evaluation to those images (default: all of ``coco_gt``).
     No detections at all gives 0 where there is ground truth (pycocotools itself refuses an
     empty results list).
     """
-    return _ap(run_cocoeval(coco_gt, results, iou_type, image_ids), coco_gt, image_ids)
+    return evaluate_ap(coco_gt, results, iou_type, image_ids)[0]
 
 
 def coco_metrics(coco_gt: COCO, results: Sequence[Dict], image_ids: Optional[Sequence[int]] = None

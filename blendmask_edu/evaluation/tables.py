@@ -1,4 +1,5 @@
-"""The tables of the results: COCO AP (box and mask rows) and the paper's Table 1 row.
+"""The tables of the results: COCO AP (box and mask rows), the paper's Table 1 row and the AP of
+several models per hard case.
 
 One formatter per table, each in two layouts: plain text (the command line, the notebooks) and
 Markdown (the demo report, ``markdown=True``). Numbers are percent with one decimal; a cell
@@ -10,6 +11,10 @@ RQ over all classes, PQ of the things and of the stuff, the semantic branch's mI
 the things' mask AP. :func:`table1_row` builds them from an evaluation; :data:`PAPER_TABLE1`
 holds the published rows to print ours against. Introduced in ``notebooks/05_evaluate.ipynb``
 (AP) and ``06_panoptic`` (Table 1).
+
+:func:`hard_case_table` puts models side by side on the shapes dataset's hard cases (issue 11:
+BlendMask against Mask R-CNN): one row per case with its number of objects, mask AP and boundary
+AP per model (:mod:`.hard_cases`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ PAPER_TABLE1 = (
     {"method": "BlendMask", "backbone": "R-101 3×", "PQ": 44.3, "PQ_th": 51.6, "PQ_st": 33.2},
 )
 
-LABEL_WIDTHS = {"method": 18, "backbone": 16}  # Table 1's text columns before the numbers
+LABEL_WIDTHS = {"method": 22, "backbone": 16}  # Table 1's text columns before the numbers
 
 
 def _cell(value: Optional[float], missing: str = "–") -> str:
@@ -95,3 +100,55 @@ def format_metrics(metrics: Mapping[str, float], method: str = "BlendMask (ours)
     if all(c in metrics for c in TABLE1_COLUMNS):
         text += "\n\n" + format_table1([{"method": method, "backbone": backbone, **metrics}])
     return text
+
+
+CASE_SUFFIXES = ("_box_AP", "_mask_AP", "_AP_boundary")  # the flat per-case keys: {tag}{suffix}
+CASE_COLUMNS = (("mask AP", "mask_AP"), ("boundary AP", "AP_boundary"))  # header → row key
+
+
+def _case_rows(metrics: Mapping) -> Dict[str, Mapping]:
+    """{tag: {"instances"?, "box_AP", "mask_AP", "AP_boundary", …}} of one model: the
+    ``hard_cases`` block of a metrics.json dict, else gathered from the flat ``{tag}_mask_AP``
+    … keys of ``evaluate_coco``'s dict (which have no instance counts)."""
+    if isinstance(metrics.get("hard_cases"), Mapping):
+        return metrics["hard_cases"]
+    rows: Dict[str, Dict] = {}
+    for key, value in metrics.items():
+        for suffix in CASE_SUFFIXES:
+            if key.endswith(suffix) and len(key) > len(suffix):
+                rows.setdefault(key[:-len(suffix)], {})[suffix[1:]] = value
+    return rows
+
+
+def hard_case_table(models: Mapping[str, Mapping], markdown: bool = True) -> str:
+    """Mask AP and boundary AP per hard case of several models, side by side.
+
+    Takes ``{model name: metrics}``, each metrics a metrics.json dict (``read_metrics``, with its
+    ``hard_cases`` block) or the flat dict of ``evaluate_coco`` (``{tag}_mask_AP`` …), in the
+    column order wanted. Returns the table as text: a row per case (in the order the first model
+    lists them, then any other model's), its number of ground-truth objects (from the first
+    model that has it; "–" if none) and per model the two APs, one decimal, "–" for a missing or
+    NaN value. Markdown by default, aligned plain text with ``markdown=False``.
+    """
+    if not models:
+        raise ValueError("hard_case_table needs at least one model's metrics")
+    tables = {name: _case_rows(metrics) for name, metrics in models.items()}
+    tags = list(dict.fromkeys(tag for rows in tables.values() for tag in rows))
+    header = ["case", "instances"] + [f"{name} {label}" for name in models
+                                      for label, _ in CASE_COLUMNS]
+    cells = []
+    for tag in tags:
+        counts = [rows[tag]["instances"] for rows in tables.values()
+                  if "instances" in rows.get(tag, {})]
+        row = [tag, str(counts[0]) if counts else "–"]
+        for rows in tables.values():
+            row += [_cell(rows.get(tag, {}).get(key)) for _, key in CASE_COLUMNS]
+        cells.append(row)
+    if markdown:
+        return "\n".join(_markdown(header, cells))
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
+
+    def line(row):  # the case name to the left, the numbers right-aligned under their names
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join(line(row) for row in [header, *cells])

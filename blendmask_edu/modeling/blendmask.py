@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from blendmask_edu.config import Config
 from blendmask_edu.modeling.attention import TopModule
@@ -38,12 +38,13 @@ from blendmask_edu.modeling.basis import (BASES_STRIDE, BasisModule, basis_seman
 from blendmask_edu.modeling.blender import blend_training_loss, postprocess_masks, scale_boxes
 from blendmask_edu.modeling.detector import FCOS, Features, build_fcos, require_targets
 from blendmask_edu.modeling.fcos import FCOSTargets, split_batch_index
-from blendmask_edu.modeling.panoptic import (SEMANTIC_LEVELS, SemanticHead, fuse,
+from blendmask_edu.modeling.mask_rcnn import build_mask_rcnn
+from blendmask_edu.modeling.panoptic import (SEMANTIC_LEVELS, PanopticFusion, SemanticHead,
                                              pad_semantic_targets, semantic_inference,
-                                             semantic_loss, stuff_area_for)
+                                             semantic_loss)
 
 
-class BlendMask(FCOS):
+class BlendMask(FCOS, PanopticFusion):
     """BlendMask (Chen et al., CVPR 2020): FCOS + top module + bottom module + blender.
 
     top, basis       ``TopModule`` (K·M·M attentions from the box tower) and ``BasisModule``
@@ -66,18 +67,9 @@ class BlendMask(FCOS):
                  **inference):
         super().__init__(backbone, head, levels, size_ranges, center_radius, category_ids,
                          **inference)
-        self.top, self.basis, self.semantic = top, basis, semantic
-        if semantic is not None and semantic.predictor.out_channels != 1 + len(stuff_ids):
-            raise ValueError(f"the semantic head predicts {semantic.predictor.out_channels} "
-                             f"classes; 1 + {len(stuff_ids)} stuff ids expected")
-        if semantic is not None and set(fusion or {}) != {"score_thresh", "overlap_thresh",
-                                                          "stuff_area"}:
-            raise ValueError("a panoptic BlendMask needs fusion=dict(score_thresh=…, "
-                             "overlap_thresh=…, stuff_area=…)")
-        self.stuff_ids = [int(i) for i in stuff_ids]
+        self.top, self.basis = top, basis
+        self.set_panoptic(semantic, stuff_ids, sem_seg_weight, fusion)
         self.share_basis_features = share_basis_features
-        self.sem_seg_weight = sem_seg_weight
-        self.fusion = dict(fusion or {})
         self.blend_options = dict(resolution=blend_resolution, spatial_scale=1.0 / BASES_STRIDE,
                                   pooler=pooler, interpolation=attn_interpolation)
         self.basis_semantic_weight = basis_semantic_weight
@@ -138,16 +130,6 @@ class BlendMask(FCOS):
         return semantic_inference(sem_seg_logits[i], x.sizes[i], x.batch.shape[-2:],
                                   output_size=output_size)
 
-    def fuse_panoptic(self, masks: Tensor, scores: Tensor, labels: Tensor,
-                      sem_seg: Tensor) -> Tuple[Tensor, List[dict]]:
-        """One image's instances (``masks`` [D, 1, H, W], ``scores`` [D], ``labels`` [D] category
-        ids) over its semantic map (``sem_seg`` [1 + S, H, W] or labels [H, W]) → (id map [H, W],
-        segments_info): ``panoptic.fuse`` with this model's thresholds and stuff ids, the stuff
-        area ``stuff_area_for((H, W))`` — H × W being the original image's in an evaluation."""
-        area = stuff_area_for(tuple(sem_seg.shape[-2:]), coco_area=self.fusion["stuff_area"])
-        return fuse(masks, scores, labels, sem_seg, self.fusion["score_thresh"],
-                    self.fusion["overlap_thresh"], area, stuff_ids=self.stuff_ids)
-
     def bases_of(self, images: Sequence[Tensor]) -> List[Tensor]:
         """Each image's K bases without the batch padding, (K, ⌈H/4⌉, ⌈W/4⌉): the first two
         stages alone, for pictures of what the bottom module learnt."""
@@ -202,9 +184,15 @@ class BlendMask(FCOS):
         return semantic_loss(sem_seg_logits, sem_targets, self.sem_seg_weight)
 
 
-def build_model(cfg: Config) -> BlendMask:
-    """The BlendMask model of a config: ``build_model(get_config("tiny"))`` for the CPU preset,
-    ``build_model(get_config("coco_r50_3x"))`` for the paper's R-50 model."""
+def build_model(cfg: Config) -> nn.Module:
+    """The model of a config: ``build_model(get_config("tiny"))`` for the CPU preset,
+    ``build_model(get_config("coco_r50_3x"))`` for the paper's R-50 model. A config with
+    ``arch="mask_rcnn"`` gives BlendMask's counterpart instead (``mask_rcnn.build_mask_rcnn``:
+    ``get_config("tiny_mask_rcnn")``)."""
+    if cfg.arch == "mask_rcnn":
+        return build_mask_rcnn(cfg)
+    if cfg.arch != "blendmask":
+        raise ValueError(f"arch={cfg.arch!r}: expected 'blendmask' or 'mask_rcnn'")
     p, m = cfg.panoptic, cfg.blendmask
     own_semantic_head = p.enabled and not p.share_basis_features
     fcos = build_fcos(cfg, extra_levels=SEMANTIC_LEVELS if own_semantic_head else ())

@@ -24,7 +24,7 @@ The fusion's thresholds default to the config's (``config.PanopticConfig``), the
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,10 @@ from blendmask_edu.modeling.layers import conv_norm_relu
 SEMANTIC_LEVELS = (2, 3, 4, 5)  # the FPN levels Panoptic-FPN's semantic head reads
 COCO_LONG_SIDE = 640  # the longer side of COCO's images as shipped, where stuff_area is counted
 
-__all__ = ["COCO_LONG_SIDE", "SEMANTIC_LEVELS", "SemanticHead", "fuse", "pad_semantic_targets",
-           "semantic_inference", "semantic_loss", "stuff_area_for"]
+__all__ = ["COCO_LONG_SIDE", "FUSION_KEYS", "PanopticFusion", "SEMANTIC_LEVELS", "SemanticHead",
+           "fuse", "pad_semantic_targets", "semantic_inference", "semantic_loss",
+           "stuff_area_for"]
+FUSION_KEYS = ("score_thresh", "overlap_thresh", "stuff_area")  # a panoptic model's ``fusion``
 
 
 def _num_blocks(stride: int) -> int:
@@ -293,3 +295,37 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
                          "area": counts[label]})
     ids = torch.where(taken, ids, lut[sem])
     return ids, segments
+
+
+class PanopticFusion:
+    """What every panoptic model of the package shares (BlendMask's and Panoptic-FPN's): its
+    semantic head's classes, its stuff ids and its fusion settings, and ``fuse_panoptic``.
+
+    A model class lists it among its bases and calls :meth:`set_panoptic` in ``__init__``."""
+
+    def set_panoptic(self, semantic: Optional[SemanticHead], stuff_ids: Sequence[int] = (),
+                     sem_seg_weight: float = 0.0,
+                     fusion: Optional[Dict[str, float]] = None) -> None:
+        """Keep the panoptic settings, checked: ``semantic`` predicts 1 + len(stuff_ids)
+        classes (label s ↔ ``stuff_ids[s - 1]``), ``fusion`` holds :data:`FUSION_KEYS`
+        (thresholds, and the stuff area in px of a COCO image, ``stuff_area_for``)."""
+        if semantic is not None and semantic.predictor.out_channels != 1 + len(stuff_ids):
+            raise ValueError(f"the semantic head predicts {semantic.predictor.out_channels} "
+                             f"classes; 1 + {len(stuff_ids)} stuff ids expected")
+        if semantic is not None and set(fusion or {}) != set(FUSION_KEYS):
+            raise ValueError("a panoptic model needs fusion=dict(score_thresh=…, "
+                             "overlap_thresh=…, stuff_area=…)")
+        self.semantic = semantic
+        self.stuff_ids = [int(i) for i in stuff_ids]
+        self.sem_seg_weight = sem_seg_weight
+        self.fusion = dict(fusion or {})
+
+    def fuse_panoptic(self, masks: Tensor, scores: Tensor, labels: Tensor,
+                      sem_seg: Tensor) -> Tuple[Tensor, List[dict]]:
+        """One image's instances (``masks`` [D, 1, H, W], ``scores`` [D], ``labels`` [D] category
+        ids) over its semantic map (``sem_seg`` [1 + S, H, W] or labels [H, W]) → (id map [H, W],
+        segments_info): ``fuse`` with this model's thresholds and stuff ids, the stuff area
+        ``stuff_area_for((H, W))`` — H × W being the original image's in an evaluation."""
+        area = stuff_area_for(tuple(sem_seg.shape[-2:]), coco_area=self.fusion["stuff_area"])
+        return fuse(masks, scores, labels, sem_seg, self.fusion["score_thresh"],
+                    self.fusion["overlap_thresh"], area, stuff_ids=self.stuff_ids)

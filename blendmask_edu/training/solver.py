@@ -8,6 +8,8 @@ back on it. Explained in ``notebooks/04_train.ipynb``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import torch
@@ -57,3 +59,15 @@ def lr_factor(iteration: int, solver: SolverConfig) -> float:
         alpha = iteration / solver.warmup_iters
         return decay * (solver.warmup_factor * (1 - alpha) + alpha)
     return decay
+
+
+def scale_schedule(solver: SolverConfig, max_iter: int) -> SolverConfig:
+    """``solver`` for ``max_iter`` iterations instead of ``solver.max_iter``: the LR steps
+    moved in proportion (1500/1800 of 2000 → 413/495 of 550), the warm-up kept but at most
+    half the run. Returns a new SolverConfig."""
+    if max_iter < 1:
+        raise ValueError(f"max_iter={max_iter}: need at least one iteration")
+    ratio = max_iter / solver.max_iter
+    return dataclasses.replace(solver, max_iter=max_iter,
+                               steps=tuple(max(1, round(s * ratio)) for s in solver.steps),
+                               warmup_iters=min(solver.warmup_iters, max_iter // 2))

@@ -1,0 +1,144 @@
+"""``blendmask-edu compare``: BlendMask against its Mask R-CNN counterpart, trained and measured.
+
+Orchestration only, like the other commands: :mod:`blendmask_edu.training` trains,
+:func:`~blendmask_edu.evaluation.evaluate.evaluate_coco` measures and
+:mod:`blendmask_edu.evaluation.comparison` chooses the Figure 1 images and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from blendmask_edu.cli.common import apply_overrides, preset
+from blendmask_edu.cli.model_commands import _run_training
+
+# ``compare``'s two models: (label, preset), the counterpart first as in the paper's Figure 1
+COMPARE_MODELS = (("Panoptic-FPN", "tiny_mask_rcnn"), ("BlendMask", "tiny_fast"))
+COMPARE_STATE = "compare.json"  # the wall-clock budget, fixed once measured (resume reads it)
+COMPARE_SUMMARY = "summary.json"  # what report.md shows, as data (notebook 07 reads it)
+
+
+def _compare_run(args, cfg, data, folder: str):
+    """One training of ``compare`` into OUT/folder (resumed when there), evaluated:
+    (model, cfg, val set, metrics, training seconds, iterations)."""
+    import argparse
+
+    run_args = argparse.Namespace(**vars(args))
+    run_args.out, run_args.resume, run_args.checkpoint_period = Path(args.out) / folder, True, None
+    run_args.max_iter = None  # the config carries the iterations
+    print(f"\n== {folder}: {cfg.name}, {cfg.solver.max_iter} iterations ==")
+    model, cfg, val_set, log, metrics, seconds = _run_training(run_args, cfg, data)
+    iterations = max((e["iter"] for e in log if "iter" in e), default=0)
+    return model, cfg, val_set, metrics, seconds, iterations
+
+
+def cmd_compare(args) -> int:
+    """``compare``: BlendMask (``tiny_fast``) against Panoptic-FPN (``tiny_mask_rcnn``) on
+    shapes, the paper's Table 1 and Figure 1 measured (:mod:`blendmask_edu.evaluation.comparison`).
+
+    Three trainings, one after the other: BlendMask; Mask R-CNN for the same iterations (equal
+    steps: both see the same images); Mask R-CNN for BlendMask's training time (equal
+    wall-clock: its iterations = BlendMask's seconds / its own s/iter of the equal-steps run,
+    the LR steps scaled with them; fixed in OUT/compare.json once measured). Each run resumes
+    from its last.pt. Then both models' inference is timed in turns, Figure 1 is drawn per hard
+    case from the equal-steps runs, and OUT/report.md is written.
+    """
+    import dataclasses
+
+    from blendmask_edu.config import model_name
+    from blendmask_edu.data.synthetic import HARD_CASES, ensure_shapes
+    from blendmask_edu.evaluation import comparison
+    from blendmask_edu.evaluation.coco import RESULTS_FILE
+    from blendmask_edu.evaluation.metrics import read_metrics
+    from blendmask_edu.evaluation.tables import format_table1
+    from blendmask_edu.fileio import write_json
+    from blendmask_edu.training.solver import scale_schedule
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    data = ensure_shapes(args.data, num_train=args.train, num_val=args.val, size=args.size,
+                         progress=not args.quiet)
+    configs = {}
+    for label, name in COMPARE_MODELS:
+        cfg = apply_overrides(preset(name), args.overrides)
+        if args.max_iter is not None:
+            cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver,
+                                                                      max_iter=args.max_iter))
+        configs[label] = cfg
+    (rcnn_label, _), (blend_label, _) = COMPARE_MODELS
+    blend = _compare_run(args, configs[blend_label], data, "blendmask")
+    steps = _compare_run(args, configs[rcnn_label], data, "mask_rcnn_steps")
+    state_path = out / COMPARE_STATE
+    if state_path.is_file():
+        budget = json.loads(state_path.read_text())
+    else:
+        s_per_iter = steps[4] / max(steps[5], 1)
+        budget = {"blendmask_seconds": blend[4], "mask_rcnn_s_per_iter": s_per_iter,
+                  "iterations": max(1, round(blend[4] / s_per_iter))}
+        write_json(state_path, budget, indent=2)
+    timed_cfg = dataclasses.replace(configs[rcnn_label],
+                                    solver=scale_schedule(configs[rcnn_label].solver,
+                                                          budget["iterations"]))
+    timed = _compare_run(args, timed_cfg, data, "mask_rcnn_time")
+
+    val_set = blend[2]
+    images = [val_set[i][0] for i in range(min(args.timing_images, len(val_set)))]
+    short, longest = blend[1].input.test_short_size, blend[1].input.test_max_size
+    ms = comparison.inference_ms({rcnn_label: steps[0], blend_label: blend[0]}, images, short,
+                                 longest)
+    budgets = {
+        f"equal steps ({blend[5]} iterations of {blend[1].solver.batch_size} images each)":
+            {label: read_metrics(out / folder) for label, folder in
+             ((f"{model_name(steps[1])} (ours)", "mask_rcnn_steps"),
+              ("BlendMask (ours)", "blendmask"))},
+        f"equal wall-clock ({blend[4]:.0f} s of training: Mask R-CNN {timed[5]} iterations)":
+            {label: read_metrics(out / folder) for label, folder in
+             ((f"{model_name(timed[1])} (ours)", "mask_rcnn_time"),
+              ("BlendMask (ours)", "blendmask"))},
+    }
+    timing = {f"{model_name(steps[1])}, equal steps": dict(
+                  iterations=steps[5], **{"train s": steps[4], "s/iter": steps[4] / max(steps[5], 1),
+                                          "ms/image": ms[rcnn_label]}),
+              f"{model_name(timed[1])}, equal time": dict(
+                  iterations=timed[5], **{"train s": timed[4], "s/iter": timed[4] / max(timed[5], 1),
+                                          "ms/image": ms[rcnn_label]}),
+              "BlendMask": dict(iterations=blend[5], **{"train s": blend[4],
+                                "s/iter": blend[4] / max(blend[5], 1), "ms/image": ms[blend_label]})}
+
+    # Figure 1, from the equal-steps runs (both models trained on the same images)
+    results = {label: json.loads((out / folder / RESULTS_FILE).read_text())
+               for label, folder in ((rcnn_label, "mask_rcnn_steps"), (blend_label, "blendmask"))}
+    figures = {}
+    for tag in HARD_CASES:
+        scores = {label: comparison.per_image_case_iou(val_set.coco, r, tag)
+                  for label, r in results.items()}
+        chosen = comparison.choose_images(scores[rcnn_label], scores[blend_label])
+        if chosen:
+            path = comparison.save_figure1(out / f"figure1_{tag}.png", val_set, chosen, results,
+                                           scores, tag)
+            figures[tag] = path.name
+    rule = (f"Images chosen per hard case, among the val images holding it: the two where "
+            f"BlendMask's per-image score exceeds Mask R-CNN's most, the two where Mask R-CNN's "
+            f"exceeds BlendMask's most, and one at random (seed 0). A model's per-image score "
+            f"is the mean, over the image's objects holding the tag, of the best mask IoU of a "
+            f"same-class detection scoring ≥ {comparison.FIGURE_SCORE_THRESH} (0 if none), from "
+            f"the equal-steps runs.")
+    cases = {f"{model_name(steps[1])}": read_metrics(out / "mask_rcnn_steps"),
+             "BlendMask": read_metrics(out / "blendmask")}
+    backbone = f"R-{blend[1].backbone.depth}" + (f" (width {blend[1].backbone.width})"
+                                                 if blend[1].backbone.width != 64 else "")
+    notes = [f"data {data}: {args.train} train / {args.val} val images of {args.size} px",
+             f"presets: {configs[blend_label].name} and {configs[rcnn_label].name}, the same "
+             f"trunk, data and solver", f"device {next(blend[0].parameters()).device}; "
+             f"`blendmask-edu compare` took {time.perf_counter() - start:.0f} s in this session"]
+    report = comparison.write_compare_report(out, budgets, timing, cases, figures, rule,
+                                             backbone, notes)
+    write_json(out / COMPARE_SUMMARY, {"budgets": budgets, "timing": timing, "figures": figures,
+                                       "rule": rule, "backbone": backbone, "notes": notes})
+    for title, rows in budgets.items():
+        print(f"\nTable 1, {title}")
+        print(format_table1(comparison.table1_rows(rows, backbone)))
+    print(f"\ncompare finished in {time.perf_counter() - start:.0f} s; report: {report}")
+    return 0
