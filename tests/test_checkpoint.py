@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from blendmask_edu import build_model, get_config
-from blendmask_edu.config_override import override, to_dict
+from blendmask_edu.config import to_dict
+from blendmask_edu.config_override import override
 from blendmask_edu.training.checkpoint import (FORMAT, CheckpointError, capture_rng,
                                                load_checkpoint, load_model, restore_rng,
                                                save_checkpoint)
