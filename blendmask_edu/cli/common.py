@@ -173,6 +173,12 @@ def fit_categories(cfg, dataset):
     return cfg
 
 
+def backbone_label(cfg) -> str:
+    """Table 1's backbone cell of a config: "R-50", or "R-18 (width 16)" for a narrow trunk."""
+    width = cfg.backbone.width
+    return f"R-{cfg.backbone.depth}" + (f" (width {width})" if width != 64 else "")
+
+
 def print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
     """Print the AP table of ``metrics`` (the dict of ``evaluate_coco``), for a panoptic model
     the paper's Table 1 row too, and the files written into ``out``."""
@@ -183,9 +189,8 @@ def print_metrics(metrics, out: Path, cfg, split: str = "val") -> None:
     from blendmask_edu.config import model_name
     from blendmask_edu.evaluation.tables import format_metrics
 
-    backbone = f"R-{cfg.backbone.depth}" + (f" (width {cfg.backbone.width})"
-                                             if cfg.backbone.width != 64 else "")
-    print(format_metrics(metrics, method=f"{model_name(cfg)} (ours)", backbone=backbone))
+    print(format_metrics(metrics, method=f"{model_name(cfg)} (ours)",
+                         backbone=backbone_label(cfg)))
     files = [out / METRICS_FILE, out / RESULTS_FILE, out / PR_CURVE_FILE]
     if "PQ" in metrics:
         files += list(prediction_paths(out, split))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from blendmask_edu.cli.common import apply_overrides, preset
+from blendmask_edu.cli.common import apply_overrides, backbone_label, preset
 from blendmask_edu.cli.model_commands import _run_training
 
 # ``compare``'s two models: (label, preset), the counterpart first as in the paper's Figure 1
@@ -20,9 +21,23 @@ COMPARE_STATE = "compare.json"  # the wall-clock budget, fixed once measured (re
 COMPARE_SUMMARY = "summary.json"  # what report.md shows, as data (notebook 07 reads it)
 
 
-def _compare_run(args, cfg, data, folder: str):
-    """One training of ``compare`` into OUT/folder (resumed when there), evaluated:
-    (model, cfg, val set, metrics, training seconds, iterations)."""
+class CompareRun(NamedTuple):
+    """One training of ``compare``, evaluated."""
+
+    model: Any
+    cfg: Any
+    val_set: Any
+    metrics: dict
+    seconds: float       # training time of the whole run (all sessions)
+    iterations: int
+
+    @property
+    def s_per_iter(self) -> float:
+        return self.seconds / max(self.iterations, 1)
+
+
+def _compare_run(args, cfg, data, folder: str) -> CompareRun:
+    """One training of ``compare`` into OUT/folder (resumed when there), evaluated."""
     import argparse
 
     run_args = argparse.Namespace(**vars(args))
@@ -31,7 +46,7 @@ def _compare_run(args, cfg, data, folder: str):
     print(f"\n== {folder}: {cfg.name}, {cfg.solver.max_iter} iterations ==")
     model, cfg, val_set, log, metrics, seconds = _run_training(run_args, cfg, data)
     iterations = max((e["iter"] for e in log if "iter" in e), default=0)
-    return model, cfg, val_set, metrics, seconds, iterations
+    return CompareRun(model, cfg, val_set, metrics, seconds, iterations)
 
 
 def cmd_compare(args) -> int:
@@ -74,38 +89,34 @@ def cmd_compare(args) -> int:
     if state_path.is_file():
         budget = json.loads(state_path.read_text())
     else:
-        s_per_iter = steps[4] / max(steps[5], 1)
-        budget = {"blendmask_seconds": blend[4], "mask_rcnn_s_per_iter": s_per_iter,
-                  "iterations": max(1, round(blend[4] / s_per_iter))}
+        budget = {"blendmask_seconds": blend.seconds, "mask_rcnn_s_per_iter": steps.s_per_iter,
+                  "iterations": max(1, round(blend.seconds / steps.s_per_iter))}
         write_json(state_path, budget, indent=2)
     timed_cfg = dataclasses.replace(configs[rcnn_label],
                                     solver=scale_schedule(configs[rcnn_label].solver,
                                                           budget["iterations"]))
     timed = _compare_run(args, timed_cfg, data, "mask_rcnn_time")
 
-    val_set = blend[2]
+    val_set = blend.val_set
     images = [val_set[i][0] for i in range(min(args.timing_images, len(val_set)))]
-    short, longest = blend[1].input.test_short_size, blend[1].input.test_max_size
-    ms = comparison.inference_ms({rcnn_label: steps[0], blend_label: blend[0]}, images, short,
+    short, longest = blend.cfg.input.test_short_size, blend.cfg.input.test_max_size
+    ms = comparison.inference_ms({rcnn_label: steps.model, blend_label: blend.model}, images, short,
                                  longest)
     budgets = {
-        f"equal steps ({blend[5]} iterations of {blend[1].solver.batch_size} images each)":
+        f"equal steps ({blend.iterations} iterations of {blend.cfg.solver.batch_size} images each)":
             {label: read_metrics(out / folder) for label, folder in
-             ((f"{model_name(steps[1])} (ours)", "mask_rcnn_steps"),
+             ((f"{model_name(steps.cfg)} (ours)", "mask_rcnn_steps"),
               ("BlendMask (ours)", "blendmask"))},
-        f"equal wall-clock ({blend[4]:.0f} s of training: Mask R-CNN {timed[5]} iterations)":
+        f"equal wall-clock ({blend.seconds:.0f} s of training: Mask R-CNN {timed.iterations} iterations)":
             {label: read_metrics(out / folder) for label, folder in
-             ((f"{model_name(timed[1])} (ours)", "mask_rcnn_time"),
+             ((f"{model_name(timed.cfg)} (ours)", "mask_rcnn_time"),
               ("BlendMask (ours)", "blendmask"))},
     }
-    timing = {f"{model_name(steps[1])}, equal steps": dict(
-                  iterations=steps[5], **{"train s": steps[4], "s/iter": steps[4] / max(steps[5], 1),
-                                          "ms/image": ms[rcnn_label]}),
-              f"{model_name(timed[1])}, equal time": dict(
-                  iterations=timed[5], **{"train s": timed[4], "s/iter": timed[4] / max(timed[5], 1),
-                                          "ms/image": ms[rcnn_label]}),
-              "BlendMask": dict(iterations=blend[5], **{"train s": blend[4],
-                                "s/iter": blend[4] / max(blend[5], 1), "ms/image": ms[blend_label]})}
+    timing = {label: {"iterations": run.iterations, "train s": run.seconds,
+                      "s/iter": run.s_per_iter, "ms/image": ms[key]}
+              for label, run, key in ((f"{model_name(steps.cfg)}, equal steps", steps, rcnn_label),
+                                      (f"{model_name(timed.cfg)}, equal time", timed, rcnn_label),
+                                      ("BlendMask", blend, blend_label))}
 
     # Figure 1, from the equal-steps runs (both models trained on the same images)
     results = {label: json.loads((out / folder / RESULTS_FILE).read_text())
@@ -125,13 +136,12 @@ def cmd_compare(args) -> int:
             f"is the mean, over the image's objects holding the tag, of the best mask IoU of a "
             f"same-class detection scoring ≥ {comparison.FIGURE_SCORE_THRESH} (0 if none), from "
             f"the equal-steps runs.")
-    cases = {f"{model_name(steps[1])}": read_metrics(out / "mask_rcnn_steps"),
+    cases = {f"{model_name(steps.cfg)}": read_metrics(out / "mask_rcnn_steps"),
              "BlendMask": read_metrics(out / "blendmask")}
-    backbone = f"R-{blend[1].backbone.depth}" + (f" (width {blend[1].backbone.width})"
-                                                 if blend[1].backbone.width != 64 else "")
+    backbone = backbone_label(blend.cfg)
     notes = [f"data {data}: {args.train} train / {args.val} val images of {args.size} px",
              f"presets: {configs[blend_label].name} and {configs[rcnn_label].name}, the same "
-             f"trunk, data and solver", f"device {next(blend[0].parameters()).device}; "
+             f"trunk, data and solver", f"device {next(blend.model.parameters()).device}; "
              f"`blendmask-edu compare` took {time.perf_counter() - start:.0f} s in this session"]
     report = comparison.write_compare_report(out, budgets, timing, cases, figures, rule,
                                              backbone, notes)

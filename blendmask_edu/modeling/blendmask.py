@@ -40,8 +40,7 @@ from blendmask_edu.modeling.detector import FCOS, Features, build_fcos, require_
 from blendmask_edu.modeling.fcos import FCOSTargets, split_batch_index
 from blendmask_edu.modeling.mask_rcnn import build_mask_rcnn
 from blendmask_edu.modeling.panoptic import (SEMANTIC_LEVELS, PanopticFusion, SemanticHead,
-                                             pad_semantic_targets, semantic_inference,
-                                             semantic_loss)
+                                             semantic_inference)
 
 
 class BlendMask(FCOS, PanopticFusion):
@@ -149,7 +148,7 @@ class BlendMask(FCOS, PanopticFusion):
         if bottom.get("thing_logits") is not None:
             losses["loss_basis_sem"] = self.thing_semantic_loss(x, bottom, targets)
         if sem_seg_logits is not None:
-            losses["loss_sem_seg"] = self.panoptic_semantic_loss(x, sem_seg_logits, targets)
+            losses["loss_sem_seg"] = self.panoptic_semantic_loss(sem_seg_logits, targets)
         return losses
 
     def mask_loss(self, x: Features, bottom: Dict[str, Tensor], fcos_targets: FCOSTargets,
@@ -173,15 +172,6 @@ class BlendMask(FCOS, PanopticFusion):
         semantic = thing_semantic_targets([t["masks"] for t in targets],
                                           [t["labels"] for t in targets], x.batch.shape[-2:])
         return basis_semantic_loss(bottom["thing_logits"], semantic, self.basis_semantic_weight)
-
-    def panoptic_semantic_loss(self, x: Features, sem_seg_logits: Tensor,
-                               targets: List[Dict]) -> Tensor:
-        """``loss_sem_seg``: things + stuff cross-entropy against the targets' ``sem_seg``."""
-        if any("sem_seg" not in t for t in targets):
-            raise ValueError("the panoptic model needs targets with 'sem_seg': open the "
-                             "dataset with its panoptic JSON (CocoInstances.from_paths)")
-        sem_targets = pad_semantic_targets([t["sem_seg"] for t in targets], x.batch.shape[-2:])
-        return semantic_loss(sem_seg_logits, sem_targets, self.sem_seg_weight)
 
 
 def build_model(cfg: Config) -> nn.Module:

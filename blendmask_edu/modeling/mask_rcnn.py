@@ -57,8 +57,7 @@ from blendmask_edu.config import Config
 from blendmask_edu.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, ResNetFPN, build_resnet_fpn
 from blendmask_edu.modeling.detector import SIZE_DIVISIBILITY, require_targets
 from blendmask_edu.modeling.panoptic import (SEMANTIC_LEVELS, PanopticFusion, SemanticHead,
-                                             pad_semantic_targets, semantic_inference,
-                                             semantic_loss)
+                                             semantic_inference)
 
 MASK_RCNN_LEVELS = (2, 3, 4, 5, 6)  # the levels of Mask R-CNN's FPN: anchors on all five
 ROI_LEVELS = ("p2", "p3", "p4", "p5")  # the levels RoIAlign reads (P6 only feeds the RPN)
@@ -180,15 +179,6 @@ class MaskRCNN(TorchvisionMaskRCNN, PanopticFusion):
         (``labels`` 1..C, 0 being background; boxes float xyxy)."""
         return [{"boxes": t["boxes"].float(), "labels": t["labels"].long() + 1,
                  "masks": t["masks"]} for t in targets]
-
-    def panoptic_semantic_loss(self, sem_seg_logits: Tensor, targets: List[Dict]) -> Tensor:
-        """``loss_sem_seg``: things + stuff cross-entropy against the targets' ``sem_seg``."""
-        if any("sem_seg" not in t for t in targets):
-            raise ValueError("Panoptic-FPN needs targets with 'sem_seg': open the dataset "
-                             "with its panoptic JSON (CocoInstances.from_paths)")
-        padded = (4 * sem_seg_logits.shape[-2], 4 * sem_seg_logits.shape[-1])
-        sem_targets = pad_semantic_targets([t["sem_seg"] for t in targets], padded)
-        return semantic_loss(sem_seg_logits, sem_targets, self.sem_seg_weight)
 
 
 def build_mask_rcnn(cfg: Config) -> MaskRCNN:

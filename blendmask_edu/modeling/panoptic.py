@@ -299,7 +299,8 @@ def fuse(masks: Tensor, scores: Tensor, labels: Tensor, sem_seg: Tensor,
 
 class PanopticFusion:
     """What every panoptic model of the package shares (BlendMask's and Panoptic-FPN's): its
-    semantic head's classes, its stuff ids and its fusion settings, and ``fuse_panoptic``.
+    semantic head's classes, its stuff ids and its fusion settings, ``panoptic_semantic_loss``
+    and ``fuse_panoptic``.
 
     A model class lists it among its bases and calls :meth:`set_panoptic` in ``__init__``."""
 
@@ -319,6 +320,16 @@ class PanopticFusion:
         self.stuff_ids = [int(i) for i in stuff_ids]
         self.sem_seg_weight = sem_seg_weight
         self.fusion = dict(fusion or {})
+
+    def panoptic_semantic_loss(self, sem_seg_logits: Tensor, targets: List[Dict]) -> Tensor:
+        """``loss_sem_seg`` of a batch: ``semantic_loss`` of the logits (N, 1 + S, H/4, W/4)
+        against the targets' ``sem_seg`` maps, padded with void to the batch's H × W."""
+        if any("sem_seg" not in t for t in targets):
+            raise ValueError("the panoptic model needs targets with 'sem_seg': open the "
+                             "dataset with its panoptic JSON (CocoInstances.from_paths)")
+        padded = (4 * sem_seg_logits.shape[-2], 4 * sem_seg_logits.shape[-1])
+        sem_targets = pad_semantic_targets([t["sem_seg"] for t in targets], padded)
+        return semantic_loss(sem_seg_logits, sem_targets, self.sem_seg_weight)
 
     def fuse_panoptic(self, masks: Tensor, scores: Tensor, labels: Tensor,
                       sem_seg: Tensor) -> Tuple[Tensor, List[dict]]:
