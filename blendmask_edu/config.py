@@ -22,7 +22,7 @@ from blendmask_edu.fileio import json_ready, write_json
 
 @dataclass
 class BackboneConfig:
-    """ResNet + FPN (spec §1)."""
+    """ResNet + FPN (docs/model.md §1)."""
 
     depth: int = 50
     pretrained: bool = True                  # ImageNet weights through torchvision's weights API
@@ -36,7 +36,7 @@ class BackboneConfig:
 
 @dataclass
 class FCOSConfig:
-    """The FCOS head, target assignment and inference (spec §2)."""
+    """The FCOS head, target assignment and inference (docs/model.md §2)."""
 
     num_convs: int = 4                       # conv-GN-ReLU blocks in each tower
     num_shared_convs: int = 0                # a shared tower before both (the RT variant)
@@ -59,7 +59,7 @@ class FCOSConfig:
 
 @dataclass
 class BlendMaskConfig:
-    """The bottom module, the top module and the blender (spec §3–5)."""
+    """The bottom module, the top module and the blender (docs/model.md §3–5)."""
 
     num_bases: int = 4                       # K
     attn_size: int = 14                      # M
@@ -103,7 +103,7 @@ class MaskRCNNConfig:
 
 @dataclass
 class PanopticConfig:
-    """The panoptic extension (spec §7): Panoptic-FPN's semantic head and its fusion."""
+    """The panoptic extension (docs/model.md §6): Panoptic-FPN's semantic head and its fusion."""
 
     enabled: bool = False
     stuff_ids: Tuple[int, ...] = ()          # the dataset's stuff ids; semantic label s ↔ stuff_ids[s-1]
@@ -122,7 +122,7 @@ class PanopticConfig:
 
 @dataclass
 class InputConfig:
-    """Resizing and augmentation (spec §8); the model itself never resizes."""
+    """Resizing and augmentation (docs/model.md §7); the model itself never resizes."""
 
     train_short_sizes: Tuple[int, ...] = (640, 672, 704, 736, 768, 800)
     train_max_size: int = 1333
@@ -136,7 +136,7 @@ class InputConfig:
 
 @dataclass
 class SolverConfig:
-    """SGD with linear warm-up and a step schedule (spec §8)."""
+    """SGD with linear warm-up and a step schedule (docs/model.md §7)."""
 
     optimizer: str = "sgd"                   # "sgd" (the paper) | "adamw"
     batch_size: int = 16

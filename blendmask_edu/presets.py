@@ -4,9 +4,9 @@ whose docstring lists, with measurements, where it departs from the paper.
 ``get_config(name)`` returns a fresh copy of one; the defaults themselves live only in the
 dataclasses of :mod:`blendmask_edu.config`, so a preset states only what it changes.
 
-- ``coco_r50_3x`` — the paper's setting (spec §8): R-50, FPN P3–P7, batch 16, LR 0.01,
+- ``coco_r50_3x`` — the paper's setting (docs/model.md §7): R-50, FPN P3–P7, batch 16, LR 0.01,
   270k iterations with steps at 210k / 250k, 1k warm-up, shorter side 640–800, max 1333.
-- ``coco_r50_3x_panoptic`` — the same with the panoptic extension (spec §7).
+- ``coco_r50_3x_panoptic`` — the same with the panoptic extension (docs/model.md §6).
 - ``coco_r50_short`` — the paper's model on one GPU, a short run on a COCO subset: batch 8,
   LR 0.005 (linear scaling), 12k iterations, mixed precision; its docstring lists the departures
   and the expected time and AP (estimates, with their basis; ``make gpu-check`` measures a GPU).
@@ -29,9 +29,9 @@ def _coco_r50_3x() -> Config:
 
 
 def _coco_r50_3x_panoptic() -> Config:
-    """The paper's panoptic model (its Appendix A, spec §7): ``coco_r50_3x`` + Panoptic-FPN's
-    semantic head (width 128, GN, ``loss_sem_seg`` weight 0.5) and fusion (overlap 0.4, stuff
-    regions ≥ 4096 px). The stuff classes come from the data (COCO panoptic: 53).
+    """The paper's panoptic model (its Appendix A, docs/model.md §6): ``coco_r50_3x`` +
+    Panoptic-FPN's semantic head (width 128, GN, ``loss_sem_seg`` weight 0.5) and fusion (overlap
+    0.4, stuff regions ≥ 4096 px). The stuff classes come from the data (COCO panoptic: 53).
 
     The semantic head reads P2–P5, as the official one does (the backbone builds P2 for it
     besides FCOS's P3–P7). Departure: the instance threshold of the fusion is the paper's 0.2,

@@ -48,7 +48,7 @@ def worker_config():
 
 def worker_model(cfg):
     """The model of ``cfg`` from seed 0, with the auxiliary semantic head's BatchNorms (always
-    BN, spec §4.3) swapped for GroupNorm: no norm left that depends on the batch."""
+    BN, docs/model.md §4) swapped for GroupNorm: no norm left that depends on the batch."""
     torch.manual_seed(0)
     model = build_model(cfg)
     for parent in list(model.modules()):

@@ -48,7 +48,7 @@ def test_output_keys_shapes_and_strides(depth, levels):
 
 
 def test_spec_shapes_800x1216():
-    """Spec §6: a padded 800×1216 input gives P3..P7 of 100×152, 50×76, 25×38, 13×19, 7×10."""
+    """A padded 800×1216 input gives P3..P7 of 100×152, 50×76, 25×38, 13×19, 7×10."""
     model = build_resnet_fpn(18, fpn_channels=16, width=16).eval()  # R-50 takes 6 s here
     with torch.no_grad():
         out = model(torch.randn(1, 3, 800, 1216))

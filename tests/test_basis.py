@@ -67,7 +67,7 @@ def test_layers_as_specified():
     module = BasisModule(CIN, channels=32, num_convs=3, semantic_classes=5)
     block = module.refine[0]
     assert block[0].bias is None and isinstance(block[1], torch.nn.BatchNorm2d)
-    assert type(block[1]) is torch.nn.BatchNorm2d  # plain BN, not SyncBN (gotcha 14)
+    assert type(block[1]) is torch.nn.BatchNorm2d  # plain BN, not SyncBN (docs/model.md pitfall 14)
     assert len(module.tower) == 3
     assert module.bases.kernel_size == (1, 1) and module.bases.bias is not None
     # kaiming-uniform with a = 1: bound sqrt(3 / fan_in)

@@ -1,4 +1,4 @@
-"""The blender against plain per-instance loops and hand-computed cases (spec §5)."""
+"""The blender against plain per-instance loops and hand-computed cases (docs/model.md §5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Two CPU processes (torchrun, gloo) give the gradient and the training of one process on the
 whole batch: each process takes its half, the loss normalisers are means over processes, and
-DDP averages the gradients (spec §2.4).
+DDP averages the gradients (docs/model.md §2).
 
 The model has batch-independent norms (GroupNorm everywhere, see ``distributed_worker.py``):
 BatchNorm statistics over each half-batch would differ from those of the whole batch by design,

@@ -9,13 +9,13 @@ A sample is ``(image, target)``:
   ``labels`` (G,) int64, ``masks`` (G, H, W) uint8, optionally ``sem_seg`` (H, W) int64 with
   255 = ignore, and any other keys (``image_id``, ...), which pass through untouched.
 
-Every transform here takes and returns a sample in that form, so they chain freely.
-The recipe is the paper's (spec §8, AdelaiDet's ``R_50_3x``): during training the shorter side is
-chosen uniformly from {640, 672, ..., 800} with the longer side capped at 1333, and images are
-flipped horizontally with p = 0.5; at test time the shorter side is 800, the longer at most 1333.
-The sizes themselves live in the config (``InputConfig``), whose presets scale them down for
-small images, e.g. the CPU preset. At test time only the image is resized
-(:func:`resize_for_test`, the one test-time resize path), and the predictions are mapped back.
+Every transform here takes and returns a sample in that form, so they chain freely. The recipe is
+the paper's (docs/model.md §7, AdelaiDet's ``R_50_3x``): during training the shorter side is chosen
+uniformly from {640, 672, ..., 800} with the longer side capped at 1333, and images are flipped
+horizontally with p = 0.5; at test time the shorter side is 800, the longer at most 1333. The sizes
+themselves live in the config (``InputConfig``), whose presets scale them down for small images,
+e.g. the CPU preset. At test time only the image is resized (:func:`resize_for_test`, the one
+test-time resize path), and the predictions are mapped back.
 
 The geometry itself is torchvision's (``transforms.v2`` kernels dispatched on ``tv_tensors``
 ``Image``, ``BoundingBoxes`` and ``Mask``). On top of it, after every geometric step:

@@ -26,8 +26,8 @@ from blendmask_edu.evaluation.coco import AP_NAMES, IOU_TYPES
 
 TABLE1_COLUMNS = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "AP_box", "AP_th")
 
-# COCO val2017, the AdelaiDet README's panoptic table (spec §9.1). The cells it does not give
-# are None: they are not in the stored copy of the paper either.
+# COCO val2017, the AdelaiDet README's panoptic table (docs/model.md §10). The cells it does not
+# give are None: they are not in the stored copy of the paper either.
 PAPER_TABLE1 = (
     {"method": "Panoptic-FPN", "backbone": "R-50 3×", "PQ": 41.5, "PQ_th": 48.3, "PQ_st": 31.2},
     {"method": "BlendMask", "backbone": "R-50 3×", "PQ": 42.5, "PQ_th": 49.5, "PQ_st": 32.0},

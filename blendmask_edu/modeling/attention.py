@@ -1,4 +1,5 @@
-"""The top module: an attention tensor K × M × M per location, from the FCOS box tower (spec §3).
+"""The top module: an attention tensor K × M × M per location, from the FCOS box tower
+(docs/model.md §3).
 
 The paper's "top layer" is a single 3×3 conv added to the FCOS head. It reads the box-tower
 features of every FPN level (the same features that regress the box, after the tower's conv-norm-
@@ -6,10 +7,11 @@ ReLU blocks; ``FCOSHead`` returns them as ``box_tower``) with weights shared acr
 predicts at every location a vector of K·M·M numbers (4 · 14 · 14 = 784). Reshaped to
 (K, M, M) it is a coarse M × M attention map per basis: where, inside the instance's box, each
 of the K bases should count. The blender resizes it to R × R and soft-maxes it over K
-(spec §5.2). Introduced in notebook 03 (the top module, attentions and the blender).
+(docs/model.md §5). Introduced in notebook 03 (the top module, attentions and the blender).
 
-Channel layout is **K-major** (gotcha 16): channel k·M² + i·M + j is basis k, row i, column j,
-so ``vector.reshape(K, M, M)`` gives the maps. No activation, no clamp (gotcha 2).
+Channel layout is **K-major** (docs/model.md pitfall 16): channel k·M² + i·M + j is basis k,
+row i, column j, so ``vector.reshape(K, M, M)`` gives the maps. No activation, no clamp
+(docs/model.md pitfall 2).
 
 Two ways to compute the same vectors, and a test (``tests/test_attention.py``) that they agree:
   ``TopModule.forward``        the definition: the dense conv, (N, K·M·M, h, w) at every location
@@ -40,7 +42,7 @@ class TopModule(nn.Module):
 
     in_channels  channels of the box tower (``FCOSHead.out_channels``; 256 in the paper)
     num_bases    K (4);  attn_size  M (14)
-    Weights ~ N(0, 0.01²), bias 0 (spec §3), like the FCOS head's prediction convs.
+    Weights ~ N(0, 0.01²), bias 0 (docs/model.md §3), like the FCOS head's prediction convs.
 
     forward(box_tower: list of (N, in_channels, h, w)) → list of (N, K·M·M, h, w), K-major.
     """

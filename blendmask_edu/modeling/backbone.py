@@ -1,6 +1,6 @@
 """Backbone: a ResNet and a feature pyramid (FPN), P3–P7, plus P2 for Panoptic-FPN's semantic head.
 
-Introduced in ``notebooks/01_fcos.ipynb``. Spec §1.
+Introduced in ``notebooks/01_fcos.ipynb``. docs/model.md §1.
 
 ``images (N, 3, H, W)`` → ResNet stages C2..C5 (strides 4, 8, 16, 32) → FPN → an ordered dict
 ``{"p3": (N, fpn_channels, H/8, W/8), ..., "p7": (N, fpn_channels, ceil(H/64), ceil(W/64))}``.

@@ -1,32 +1,33 @@
-"""The bottom module: K dense *bases* at stride 4, fused from P3..P5 (spec §4).
+"""The bottom module: K dense *bases* at stride 4, fused from P3..P5 (docs/model.md §4).
 
 BlendMask predicts a few (K = 4) whole-image score maps, the bases B ∈ (N, K, H/4, W/4), shared
 by all instances. The blender later crops them with each instance's box and mixes the K crops
 with that instance's attention (top module, ``attention.py``). The bases are linear: no
 activation, no norm after the last conv, so they can take any sign and size — confident masks
-need large-magnitude bases (spec §5.2). Pictures of what they learn (two position-sensitive
+need large-magnitude bases (docs/model.md §5). Pictures of what they learn (two position-sensitive
 maps, an objectness map, a boundary map; paper Fig. 1, 3) squash them first, e.g. tanh(B/8)
-(spec gotcha 20). Introduced in notebook 02 (the bottom module and its bases).
+(docs/model.md pitfall 20). Introduced in notebook 02 (the bottom module and its bases).
 
-Architecture (the official code's "ProtoNet", spec §4.1), H × W the padded input size:
+Architecture (the official code's "ProtoNet", docs/model.md §4), H × W the padded input size:
 
     P3, P4, P5 ─refine (a conv block each)─▶ resize P4', P5' to P3's size, sum  (N, c, H/8, W/8)
       ─tower (num_convs conv blocks)─▶ bilinear ×2 ─conv block─▶ 1×1 conv → K   (N, K, H/4, W/4)
 
 A *conv block* is 3×3 conv (no bias: a norm follows) → norm → ReLU, kaiming-uniform (a = 1).
-Every resize is bilinear with ``align_corners=False`` (gotcha 5). Output stride 4 comes from the
-upsampling inside the tower, not from P2 — hence the blender's pooler scale 1/4 (gotcha 3).
+Every resize is bilinear with ``align_corners=False`` (docs/model.md pitfall 5). Output stride 4
+comes from the upsampling inside the tower, not from P2 — hence the blender's pooler scale 1/4
+(docs/model.md pitfall 3).
 
-Auxiliary thing-semantic head (spec §4.3, training only): on the raw P3 (not the refined
+Auxiliary thing-semantic head (docs/model.md §4, training only): on the raw P3 (not the refined
 features), two conv blocks with BatchNorm and a 1×1 conv predict C + 1 classes (0 = background)
 at stride 8; ``thing_semantic_targets`` paints its target from the instance masks on the fly and
 ``basis_semantic_loss`` is the cross-entropy × 0.3 that the model reports as ``loss_basis_sem``.
 
-Differs from AdelaiDet: ``norm="BN"`` is plain ``BatchNorm2d``, not SyncBN, so the module runs
-on a CPU (gotcha 14; SyncBN fails there, AdelaiDet issue #293) — on one device they are the same
-thing; convert with ``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training. The
+Differs from AdelaiDet: ``norm="BN"`` is plain ``BatchNorm2d``, not SyncBN, so the module runs on a
+CPU (docs/model.md pitfall 14; SyncBN fails there, AdelaiDet issue #293) — on one device they are
+the same thing; convert with ``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training. The
 semantic target is rasterised from the instance masks instead of being read from precomputed
-``.npz`` files (spec §11.1).
+``.npz`` files (docs/model.md §9).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ __all__ = ["BasisModule", "basis_roles", "basis_semantic_loss", "fuse_levels",
            "thing_semantic_targets"]
 
 
-BASES_STRIDE = 4  # the bases' stride: the tower runs at stride 8 and is upsampled ×2 (spec §4.1)
+# The bases' stride: the tower runs at stride 8 and is upsampled ×2 (docs/model.md §4).
+BASES_STRIDE = 4
 
 
 def _kaiming_uniform(conv: nn.Conv2d) -> None:
@@ -60,7 +62,7 @@ def _conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential
 
 
 def fuse_levels(features: Sequence[Tensor]) -> Tensor:
-    """Sum of feature maps resized to the first one's size (spec §4.1 step 2).
+    """Sum of feature maps resized to the first one's size (docs/model.md §4).
 
     features  list of (N, c, h_l, w_l), the finest level first (refined P3, P4, P5)
     Returns (N, c, h_0, w_0) = F_0 + Σ_{l>0} bilinear(F_l → h_0 × w_0), align_corners=False.
@@ -82,7 +84,7 @@ class BasisModule(nn.Module):
     in_features        how many FPN levels to fuse, starting at P3: 3 → P3, P4, P5
     norm               "BN" (plain BatchNorm, see the module docstring) | "GN" | "none"
     semantic_classes   C + 1 for the auxiliary thing-semantic head; None turns the head off
-    semantic_channels  width of that head (128); its norm is always BatchNorm (spec §4.3)
+    semantic_channels  width of that head (128); its norm is always BatchNorm (docs/model.md §4)
 
     forward(features, with_semantic=None) with ``features`` the FPN levels (N, c_in, h_l, w_l),
     P3 first (extra levels, e.g. P6, P7, are ignored), returns a dict:
@@ -139,7 +141,8 @@ class BasisModule(nn.Module):
 
 def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: Sequence[Tensor],
                            padded_size: Tuple[int, int]) -> Tensor:
-    """The thing-semantic label map of every image, painted from its instance masks (spec §4.3).
+    """The thing-semantic label map of every image, painted from its instance masks
+    (docs/model.md §4).
 
     masks_per_image   N × (G_i, H_i, W_i) uint8 (or bool) instance masks, H_i ≤ H, W_i ≤ W
     labels_per_image  N × (G_i,) int64 contiguous class indices 0..C-1
@@ -174,7 +177,7 @@ def thing_semantic_targets(masks_per_image: Sequence[Tensor], labels_per_image: 
 
 def basis_semantic_loss(thing_logits: Tensor, targets: Tensor,
                         weight: float = BlendMaskConfig.basis_semantic_weight) -> Tensor:
-    """Auxiliary thing-semantic loss ``loss_basis_sem`` (spec §4.3, gotcha 13).
+    """Auxiliary thing-semantic loss ``loss_basis_sem`` (docs/model.md §4, pitfall 13).
 
     thing_logits  (N, C + 1, h, w) logits at stride s = H / h (8: P3)
     targets     (N, H, W) int64 from ``thing_semantic_targets``, the padded batch

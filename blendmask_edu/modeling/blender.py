@@ -1,31 +1,34 @@
-"""The blender: bases + per-instance attentions → instance masks (spec §5, paper §3.2).
+"""The blender: bases + per-instance attentions → instance masks (docs/model.md §5, paper §3.2).
 
 For D instances with boxes, the blender
 
 1. crops the K bases (N, K, H/4, W/4) with each box to R × R by RoIAlign (``crop_bases``),
    the paper's r_d = RoIPool_{R×R}(B, p_d), eq. (1);
 2. resizes each instance's M × M attention to R × R (``resize_attentions``), eq. (2);
-3. soft-maxes the attention over the K axis — after the resize, not before (gotcha 1), eq. (3);
+3. soft-maxes the attention over the K axis — after the resize, not before (docs/model.md
+   pitfall 1), eq. (3);
 4. sums the crops weighted by those soft-maxed attentions (``merge``), eq. (4).
 
 So every pixel of a mask logit is a convex combination of the K base values at that pixel.
 ``blend`` runs the four steps; the step functions exist so that notebook 03 can show each
-one. No activation or clamp is applied anywhere before the final sigmoid / BCE (gotcha 2).
+one. No activation or clamp is applied anywhere before the final sigmoid / BCE (docs/model.md
+pitfall 2).
 
-Training (``blend_training_loss``, spec §5.3) crops with the GT boxes, once per GT, gathers the
-crops and targets for every FCOS positive, and applies a per-pixel BCE weighted by the
+Training (``blend_training_loss``, docs/model.md §5) crops with the GT boxes, once per GT, gathers
+the crops and targets for every FCOS positive, and applies a per-pixel BCE weighted by the
 positive's centerness target and divided by ``loss_denorm`` from ``fcos_loss.fcos_losses``.
 Targets come from RoIAlign on the full-image bitmask (``mask_targets``), the route that is
-half-pixel aligned like the pooler (gotcha 18).
+half-pixel aligned like the pooler (docs/model.md pitfall 18).
 
-Inference (``postprocess_masks``, spec §5.4) crops with the predicted boxes, applies a sigmoid
-and pastes each R × R probability map into the image (``paste_masks``) — into the image the
+Inference (``postprocess_masks``, docs/model.md §5) crops with the predicted boxes, applies a
+sigmoid and pastes each R × R probability map into the image (``paste_masks``) — into the image the
 model was given, or, as the official evaluation does, straight into the original image before
 the test-time resize, with the boxes rescaled to it (``scale_boxes``): the masks are never
 pasted small and resized afterwards.
 Differs from AdelaiDet: boxes are clipped to the image BEFORE pooling at inference, so pooling
 and pasting use the same box; AdelaiDet pools with the unclipped box and pastes with the
-clipped one, which stretches masks of border-crossing boxes (gotcha 7). This is deliberate.
+clipped one, which stretches masks of border-crossing boxes (docs/model.md pitfall 7). This is
+deliberate.
 
 RoIAlign / RoIPool are torchvision's (``torchvision.ops``). All arithmetic runs in float32
 (float64 stays float64) whatever the autocast state, so outputs are float.
@@ -66,7 +69,8 @@ def crop_bases(bases: Tensor, rois: Tensor, resolution: int, spatial_scale: floa
     bases (N, K, h, w) · rois (D, 5) = (batch index, x0, y0, x1, y1) in input pixels
     spatial_scale = bases size / input size (0.25 for bases at stride 4).
     Returns (D, K, R, R) with R = ``resolution``.
-    ``pooler="roi_align"``: torchvision RoIAlign, aligned=True, one sample per bin (spec §5.1);
+    ``pooler="roi_align"``: torchvision RoIAlign, aligned=True, one sample per bin
+    (docs/model.md §5);
     ``"roi_pool"``: RoIPool, the paper's Table 6 ablation.
     """
     bases = _float(bases)
@@ -83,7 +87,7 @@ def resize_attentions(attentions: Tensor, resolution: int, num_bases: Optional[i
                       interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
     """Attention logits of each instance at the blender resolution: eq. (2), before the softmax.
 
-    attentions (D, K·M·M) in K-major layout (channel k·M² + i·M + j is (k, i, j), spec §3),
+    attentions (D, K·M·M) in K-major layout (channel k·M² + i·M + j is (k, i, j), docs/model.md §3),
     or already (D, K, M, M); ``num_bases`` (K) is needed for the flat form.
     Returns (D, K, R, R) logits. ``interpolation``: "bilinear" (align_corners=False, the paper's
     choice) or "nearest" (Table 5 ablation).
@@ -139,13 +143,14 @@ def _rois(boxes_per_image: Sequence[Tensor]) -> Tensor:
 
 def mask_targets(gt_masks: Union[Tensor, Sequence[Tensor]],
                  gt_boxes: Union[Tensor, Sequence[Tensor]], resolution: int) -> Tensor:
-    """Each GT mask cropped to its own box and resized to R × R (spec §5.3 step 4, bitmask route).
+    """Each GT mask cropped to its own box and resized to R × R (docs/model.md pitfall 18: the
+    bitmask route).
 
     gt_masks (G, H, W) uint8/bool full-image masks and gt_boxes (G, 4) xyxy; or lists of those,
     one per image (sizes may differ). Returns (ΣG, R, R) float in {0, 1}, images concatenated.
     RoIAlign of the float mask (aligned=True, spatial_scale 1, adaptive sampling), then ≥ 0.5.
     Differs from AdelaiDet's default: it rasterises polygons per box (not half-pixel aligned,
-    gotcha 18); this bitmask route matches the pooler's alignment.
+    docs/model.md pitfall 18); this bitmask route matches the pooler's alignment.
     """
     if isinstance(gt_masks, Tensor):
         gt_masks, gt_boxes = [gt_masks], [gt_boxes]
@@ -167,7 +172,7 @@ def mask_targets(gt_masks: Union[Tensor, Sequence[Tensor]],
 
 def mask_loss(mask_logits: Tensor, targets: Tensor, centerness: Tensor,
               loss_denorm: Tensor) -> Tensor:
-    """Spec §5.3 step 5: Σ_P c_p · mean_pixels BCE(m_p, t_p) / loss_denorm, named ``loss_mask``.
+    """Σ_P c_p · mean_pixels BCE(m_p, t_p) / loss_denorm, named ``loss_mask`` (docs/model.md §5).
 
     mask_logits, targets (P, R, R) or (P, R²) · centerness (P,) the positives' centerness
     targets · loss_denorm the scalar ``extras["loss_denorm"]`` of ``fcos_losses`` (Σ centerness,
@@ -186,7 +191,7 @@ def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
                         loss_denorm: Tensor, resolution: int, spatial_scale: float,
                         all_attentions: Optional[Tensor] = None, pooler: str = BlendMaskConfig.pooler,
                         interpolation: str = BlendMaskConfig.attn_interpolation) -> Tensor:
-    """The BlendMask mask loss of a batch, spec §5.3 (all positives, no subsampling).
+    """The BlendMask mask loss of a batch, docs/model.md §5 (all positives, no subsampling).
 
     bases (N, K, h, w) · attentions (P, K·M·M) of the FCOS positives · gt_index (P,) the
     batch-wide index of each positive's GT (``batch_targets`` order: image 0's GTs first)
@@ -194,8 +199,8 @@ def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
     loss_denorm scalar from ``fcos_losses`` · all_attentions any tensor that depends on every
     top-module parameter (the model passes the sum of them), only used so that a batch without
     positives still gives every parameter a (zero) gradient.
-    Crops and targets are made once per GT with the GT boxes (gotcha 6) and gathered per
-    positive, so positives of one GT share them. Returns the scalar ``loss_mask`` (the
+    Crops and targets are made once per GT with the GT boxes (docs/model.md pitfall 6) and
+    gathered per positive, so positives of one GT share them. Returns the scalar ``loss_mask`` (the
     instance-loss weight, 1.0, is the caller's). With no positive (P = 0) it returns
     0 × (Σ bases + Σ all_attentions): finite, zero, and connected to every parameter (DDP).
     """
@@ -211,7 +216,7 @@ def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
 
 
 def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
-    """Put each R × R probability map back into the image inside its box (spec §5.4 step 4).
+    """Put each R × R probability map back into the image inside its box (docs/model.md §5).
 
     mask_probs (D, R, R) · boxes (D, 4) xyxy in image pixels · image_size (H, W).
     Returns (D, H, W) probabilities (threshold them at 0.5 for binary masks).
@@ -286,7 +291,7 @@ def postprocess_masks(bases: Tensor, attentions: Tensor, boxes: Tensor, batch_in
                       pooler: str = BlendMaskConfig.pooler,
                       interpolation: str = BlendMaskConfig.attn_interpolation,
                       output_size: Optional[Tuple[int, int]] = None) -> Tensor:
-    """Masks of D detections as image-sized probabilities (spec §5.4 steps 3–4).
+    """Masks of D detections as image-sized probabilities (docs/model.md §5).
 
     bases (N, K, h, w) · attentions (D, K·M·M) · boxes (D, 4) xyxy in input pixels ·
     batch_index (D,) image of each detection · image_size (H, W) of the image(s) the boxes are

@@ -77,7 +77,8 @@ def require_targets(targets: Optional[List[Dict]], model: str) -> List[Dict]:
 
 
 class FCOS(nn.Module):
-    """FCOS (Tian et al., 2019) as BlendMask configures it (spec §1–2), without a mask branch.
+    """FCOS (Tian et al., 2019) as BlendMask configures it (docs/model.md §1–2), without a mask
+    branch.
 
     backbone        ``ResNetFPN``; it may build more levels than the head reads (P2 for a
                     semantic head)
@@ -171,7 +172,7 @@ class FCOS(nn.Module):
         return Features(batch, sizes, pyramid, levels, self.head(levels), locations)
 
     def assign(self, locations: Sequence[Tensor], targets: List[Dict]) -> FCOSTargets:
-        """FCOS targets of the batch, level-major then image (spec §2.3, gotcha 15)."""
+        """FCOS targets of the batch, level-major then image (docs/model.md §2, pitfall 15)."""
         per_image = [assign_targets(locations, self.strides, self.size_ranges, t["boxes"],
                                     t["labels"], self.center_radius) for t in targets]
         return batch_targets(per_image, [len(loc) for loc in locations])

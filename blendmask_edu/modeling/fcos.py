@@ -1,4 +1,4 @@
-"""FCOS, the one-stage anchor-free detector BlendMask is built on (spec §2).
+"""FCOS, the one-stage anchor-free detector BlendMask is built on (docs/model.md §2).
 
 Every feature cell of every FPN level is a *location*. A location inside an object (near its
 centre, on the level matching the object's size) is a *positive*: it predicts the object's
@@ -10,12 +10,12 @@ This module holds the geometry (locations, target assignment, box coding) as pur
 and the head (``FCOSHead``). The losses are in ``fcos_loss.py``, post-processing in
 ``fcos_inference.py``. Introduced in ``notebooks/01_fcos.ipynb``.
 
-Ordering (spec §2.3, gotcha 15): whenever locations of a batch are flattened, the order is
+Ordering (docs/model.md §2, pitfall 15): whenever locations of a batch are flattened, the order is
 **level-major, then image, then row-major (y, x)**; ``flatten_predictions`` and
 ``batch_targets`` both produce it, so predictions and targets line up row for row.
 
 Regression is in **stride units**: targets are (l, t, r, b) / s, the head predicts
-ReLU(conv(·)) and decoding multiplies by s (spec §2.2, gotcha 9).
+ReLU(conv(·)) and decoding multiplies by s (docs/model.md §2, pitfall 9).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
     "size_ranges_from_sizes", "split_batch_index",
 ]
 
-INF = 1e8  # upper bound of the last level's size range (spec §2.1)
+INF = 1e8  # upper bound of the last level's size range (docs/model.md §2)
 
 
 class FCOSTargets(NamedTuple):
@@ -63,7 +63,7 @@ def compute_locations(feature_shapes: Sequence[Tuple[int, int]], strides: Sequen
     """The (x, y) pixel centre of every feature cell, one tensor per level.
 
     Cell (i, j) of a level with stride s sits at (j·s + ⌊s/2⌋, i·s + ⌊s/2⌋) in padded-input
-    pixels (spec §2.1, gotcha 17). Returns per level a float32 tensor (h·w, 2), row-major.
+    pixels (docs/model.md §2, pitfall 17). Returns per level a float32 tensor (h·w, 2), row-major.
     """
     locations = []
     for (h, w), s in zip(feature_shapes, strides):
@@ -94,7 +94,7 @@ def location_strides(num_locations_per_level: Sequence[int], strides: Sequence[i
 def assign_targets(locations: Sequence[Tensor], strides: Sequence[int],
                    size_ranges: Sequence[Tuple[float, float]], boxes: Tensor, labels: Tensor,
                    center_radius: Optional[float] = 1.5) -> FCOSTargets:
-    """FCOS targets of ONE image (spec §2.3), vectorised over locations × GTs.
+    """FCOS targets of ONE image (docs/model.md §2), vectorised over locations × GTs.
 
     locations   list over levels of (L_l, 2) (x, y), from ``compute_locations``
     strides     stride s_k of each level
@@ -115,7 +115,8 @@ def assign_targets(locations: Sequence[Tensor], strides: Sequence[int],
     min(t,b)/max(t,b)). Empty or inverted boxes have an empty region and never get positives.
 
     Differs from AdelaiDet: background is -1 (not C); gt_index is per image (``batch_targets``
-    adds the batch offsets); the centre-sampling quirk of gotcha 12 is not reproduced.
+    adds the batch offsets); the official helper's quirk (no positive at all when the first
+    object's centre x is exactly 0) is not reproduced.
     """
     device = locations[0].device
     points = torch.cat(list(locations), dim=0).float()  # (L, 2)
@@ -226,7 +227,7 @@ def _stride_column(strides: Union[Tensor, float], like: Tensor) -> Tensor:
 def decode_boxes(locations: Tensor, ltrb: Tensor, strides: Union[Tensor, float]) -> Tensor:
     """(l, t, r, b) in stride units (L, 4) at locations (L, 2) → xyxy boxes (L, 4).
 
-    Box = (x − l·s, y − t·s, x + r·s, y + b·s) (spec §2.5). ``strides`` is (L,) or a scalar.
+    Box = (x − l·s, y − t·s, x + r·s, y + b·s) (docs/model.md §2). ``strides`` is (L,) or a scalar.
     """
     dist = ltrb * _stride_column(strides, ltrb)
     x, y = locations[:, 0].to(dist.dtype), locations[:, 1].to(dist.dtype)
@@ -242,7 +243,7 @@ def _tower(num_convs: int, in_channels: int, channels: int, norm: str) -> nn.Seq
 
 
 class FCOSHead(nn.Module):
-    """The FCOS head, shared by all FPN levels (spec §2.2).
+    """The FCOS head, shared by all FPN levels (docs/model.md §2).
 
     shared tower (``num_shared_convs`` blocks, 0 by default; the RT variant's merged tower)
     then cls tower → cls_logits (C) and box tower → bbox_pred (4, ReLU) and centerness (1).

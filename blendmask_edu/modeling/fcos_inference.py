@@ -1,9 +1,10 @@
 """FCOS post-processing: from dense per-level maps to at most ``max_detections`` boxes per image.
 
-Per image and level (spec §2.5, gotcha 11): p = sigmoid(cls) · sigmoid(ctr) for every location
-× class; keep the (location, class) pairs with p > ``score_thresh`` (thresholding on the product:
-BlendMask's ``THRESH_WITH_CTR=True``), at most ``pre_nms_topk`` of them; decode their boxes;
-score = sqrt(p). Then, per image over all levels: class-aware NMS and the top ``max_detections``.
+Per image and level (docs/model.md §2, pitfall 11): p = sigmoid(cls) · sigmoid(ctr) for every
+location × class; keep the (location, class) pairs with p > ``score_thresh`` (thresholding on the
+product: BlendMask's ``THRESH_WITH_CTR=True``), at most ``pre_nms_topk`` of them; decode their
+boxes; score = sqrt(p). Then, per image over all levels: class-aware NMS and the top
+``max_detections``.
 
 Detections carry ``locations_index``, the index of their source location in the image's own
 level-major flattened locations, so that the next stage gathers the K·M·M attention of the kept

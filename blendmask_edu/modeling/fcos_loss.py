@@ -1,4 +1,4 @@
-"""The three FCOS losses, as BlendMask configures them (spec §2.4).
+"""The three FCOS losses, as BlendMask configures them (docs/model.md §2).
 
 * classification: sigmoid focal loss (α = 0.25, γ = 2) over every location × class, / |P|;
 * box regression: GIoU loss on the positives, weighted by their centerness target,
@@ -33,7 +33,7 @@ def giou_loss_ltrb(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None
     pred, target (P, 4) (l, t, r, b), in stride units; weight (P,) or None.
     Returns the per-box losses (P,) when ``weight`` is None, else the scalar Σ loss·weight.
 
-    Both boxes contain the location, so (spec §2.4)
+    Both boxes contain the location, so (docs/model.md §2)
       area       = (l + r)(t + b)
       inter      = (min l + min r)(min t + min b)
       enclose    = (max l + max r)(max t + max b)

@@ -1,6 +1,6 @@
 """The panoptic extension (paper Appendix A): a semantic branch, and fusion with the instances.
 
-BlendMask becomes a panoptic segmenter the way Panoptic-FPN does it (spec §7): a *semantic
+BlendMask becomes a panoptic segmenter the way Panoptic-FPN does it (docs/model.md §6): a *semantic
 head* labels every pixel as one of 1 + S classes — class 0 "things" (all thing pixels merged)
 and the S stuff classes 1..S, void = 255 ignored — and a fixed heuristic, ``fuse``, lays the
 instances over that map. Introduced in ``notebooks/06_panoptic.ipynb``.

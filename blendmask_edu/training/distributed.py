@@ -2,7 +2,7 @@
 
 :func:`init_distributed` joins the group when ``torchrun`` started several processes; the
 engine then wraps the model in DistributedDataParallel. The loss normalisers (number of
-positives, Σ centerness) are means over processes (:func:`reduce_mean`, spec §2.4), so each
+positives, Σ centerness) are means over processes (:func:`reduce_mean`, docs/model.md §2), so each
 process's loss is its own terms over the shared normaliser and DDP's averaged gradient equals
 the one-process gradient of the whole batch. With one process every function here is a no-op
 (rank 0 of a world of 1), so the same code runs with or without ``torchrun``.

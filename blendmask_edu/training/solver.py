@@ -1,8 +1,8 @@
 """The solver: which parameters the optimizer decays, and the learning rate at each iteration.
 
-The recipe is the paper's (spec §8): SGD with momentum, weight decay except on norm parameters,
-a linear warm-up, then the learning rate × ``gamma`` at each step. The schedule has no state of
-its own (``lr_factor(iteration, solver)``), so a resumed run needs only the iteration to be
+The recipe is the paper's (docs/model.md §7): SGD with momentum, weight decay except on norm
+parameters, a linear warm-up, then the learning rate × ``gamma`` at each step. The schedule has no
+state of its own (``lr_factor(iteration, solver)``), so a resumed run needs only the iteration to be
 back on it. Explained in ``notebooks/04_train.ipynb``.
 """
 
