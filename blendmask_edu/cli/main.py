@@ -17,6 +17,8 @@
     blendmask-edu demo         [--data DIR] [--out DIR] [--max-iter N] [--device cpu|cuda]
     blendmask-edu compare      [--data DIR] [--out DIR] [--max-iter N] [--device cpu|cuda]
                                [--train-split NAME] [--val-split NAME]
+    blendmask-edu assignments list | release --out DIR | grade SUBMISSION.ipynb... [--out DIR]
+                               [--timeout S]
 
 ``train`` and ``demo`` take typed config overrides after the other options, one
 ``--section.key value`` pair each (``--solver.base_lr 0.01 --blendmask.num_bases 8``): the value
@@ -38,8 +40,9 @@ Every problem with the user's files or arguments ends in one line that names the
 argument and the problem, and exit code 2 — never a traceback.
 
 This module parses the command line and reports errors; the commands are in
-:mod:`~blendmask_edu.cli.data_commands`, :mod:`~blendmask_edu.cli.model_commands` and
-:mod:`~blendmask_edu.cli.compare_command`, what they share in :mod:`~blendmask_edu.cli.common`.
+:mod:`~blendmask_edu.cli.data_commands`, :mod:`~blendmask_edu.cli.model_commands`,
+:mod:`~blendmask_edu.cli.compare_command` and :mod:`~blendmask_edu.cli.assignment_commands`;
+what they share in :mod:`~blendmask_edu.cli.common`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from blendmask_edu.cli import compare_command, data_commands, model_commands
+from blendmask_edu.cli import (assignment_commands, compare_command, data_commands,
+                               model_commands)
 from blendmask_edu.cli.common import UsageError, offline_weights_message, parse_overrides
 from blendmask_edu.data.errors import DatasetError
 
@@ -203,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     split_options(compare)
     device_option(compare)
     compare.set_defaults(func=compare_command.cmd_compare, takes_overrides=True)
+
+    assignment_commands.add_parser(commands)
     return parser
 
 

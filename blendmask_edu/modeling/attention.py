@@ -26,6 +26,7 @@ work as three more convs of the FCOS tower, for vectors that are almost all thro
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from blendmask_edu.config import BlendMaskConfig
 
-__all__ = ["TopModule", "attentions_at"]
+__all__ = ["TopModule", "attention_maps", "attentions_at"]
 
 
 class TopModule(nn.Module):
@@ -79,6 +80,20 @@ def _level_positions(maps: Sequence[Tensor], locations_index: Tensor):
         local = local.clamp(0, h * w - 1)
         yield level_map, in_level, local // w, local % w
         start += h * w
+
+
+def attention_maps(attentions: Tensor, num_bases: int) -> Tensor:
+    """Each detection's flat attention vector as its K maps of M × M (the K-major layout).
+
+    attentions (D, K·M·M), channel k·M² + i·M + j holding basis k, row i, column j.
+    Returns the view (D, K, M, M). ValueError when K·M·M is not the channel count for an
+    integer M.
+    """
+    m = math.isqrt(attentions.shape[1] // num_bases) if num_bases > 0 else 0
+    if num_bases <= 0 or num_bases * m * m != attentions.shape[1]:
+        raise ValueError(f"{attentions.shape[1]} attention channels are not K·M·M with "
+                         f"K = {num_bases}")
+    return attentions.reshape(attentions.shape[0], num_bases, m, m)
 
 
 def attentions_at(box_tower: Sequence[Tensor], image_index: Tensor, locations_index: Tensor,

@@ -37,7 +37,6 @@ Introduced in notebook 03 (the top module, attentions and the blender).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -46,6 +45,7 @@ from torch import Tensor
 from torchvision.ops import clip_boxes_to_image, roi_align, roi_pool
 
 from blendmask_edu.config import BlendMaskConfig
+from blendmask_edu.modeling.attention import attention_maps
 
 __all__ = [
     "blend", "blend_training_loss", "crop_bases", "mask_loss", "mask_targets", "merge",
@@ -98,11 +98,7 @@ def resize_attentions(attentions: Tensor, resolution: int, num_bases: Optional[i
     if attentions.dim() == 2:
         if num_bases is None:
             raise ValueError("num_bases (K) is required for flat (D, K·M·M) attentions")
-        m = math.isqrt(attentions.shape[1] // num_bases)
-        if num_bases * m * m != attentions.shape[1]:
-            raise ValueError(f"{attentions.shape[1]} attention channels are not K·M·M with "
-                             f"K = {num_bases}")
-        attentions = attentions.reshape(-1, num_bases, m, m)  # (D, K, M, M)
+        attentions = attention_maps(attentions, num_bases)  # (D, K, M, M)
     elif num_bases is not None and attentions.shape[1] != num_bases:
         raise ValueError(f"attentions have {attentions.shape[1]} maps, expected K = {num_bases}")
     if interpolation == "bilinear":

@@ -30,7 +30,8 @@ from blendmask_edu.config import FCOSConfig
 from blendmask_edu.modeling.layers import conv_norm_relu
 
 __all__ = [
-    "FCOSHead", "FCOSTargets", "assign_targets", "batch_targets", "compute_locations",
+    "FCOSHead", "FCOSTargets", "assign_targets", "batch_targets", "centerness_targets",
+    "compute_locations",
     "decode_boxes", "flatten_predictions", "location_strides",
     "size_ranges_from_sizes", "split_batch_index",
 ]
@@ -165,10 +166,7 @@ def assign_targets(locations: Sequence[Tensor], strides: Sequence[int],
 
     chosen = torch.cat([d.gather(1, best[:, None]) for d in (l, t, r, b)], dim=1)  # (L, 4)
     chosen = torch.where(positive[:, None], chosen, torch.zeros_like(chosen))
-    left_right, top_bottom = chosen[:, [0, 2]], chosen[:, [1, 3]]  # (L, 2) each
-    ratio = (left_right.amin(1) / left_right.amax(1).clamp_min(1e-12)
-             * top_bottom.amin(1) / top_bottom.amax(1).clamp_min(1e-12))  # (L,)
-    centerness = torch.where(positive, ratio.clamp_min(0).sqrt(), torch.zeros_like(ratio))
+    centerness = torch.where(positive, centerness_targets(chosen), torch.zeros_like(stride))
 
     return FCOSTargets(
         labels=torch.where(positive, labels[best], torch.full_like(best, -1)),
@@ -176,6 +174,19 @@ def assign_targets(locations: Sequence[Tensor], strides: Sequence[int],
         centerness=centerness,
         gt_index=torch.where(positive, best, torch.full_like(best, -1)),
         num_gts=num_gts)
+
+
+def centerness_targets(reg_targets: Tensor) -> Tensor:
+    """FCOS's centerness of each location from its distances to the box sides.
+
+    reg_targets (P, 4) = (l, t, r, b), ≥ 0, in any one unit (pixels or strides: the ratio is
+    the same). Returns (P,) sqrt(min(l, r)/max(l, r) · min(t, b)/max(t, b)) in 0..1: 1 at the
+    box centre, falling to 0 at its sides; 0 for an all-zero row.
+    """
+    left_right, top_bottom = reg_targets[:, [0, 2]], reg_targets[:, [1, 3]]  # (P, 2) each
+    ratio = (left_right.amin(1) / left_right.amax(1).clamp_min(1e-12)
+             * top_bottom.amin(1) / top_bottom.amax(1).clamp_min(1e-12))  # (P,)
+    return ratio.clamp_min(0).sqrt()
 
 
 def batch_targets(per_image: Sequence[FCOSTargets],
