@@ -289,3 +289,16 @@ def save_prediction(target, title: str, image, det, panoptic, names, stuff_names
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
+
+
+def jpeg_bytes(path, quality: int = 80) -> bytes:
+    """A saved picture re-encoded as JPEG bytes, for embedding in a notebook: the noisy textures
+    of the shapes images make PNGs of several hundred kB (``IPython.display.Image(data=...,
+    format="jpeg")`` shows them)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

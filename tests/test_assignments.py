@@ -86,7 +86,7 @@ def test_feedback_names_the_input_the_expected_and_the_received_value():
     report = check("centerness_targets", lambda reg: reg[:, 0] * 0 + 0.5)
     text = str(report)
     assert "first difference, case 'the box centre (l = r, t = b)'" in text
-    assert "expected 1.0, got 0.5" in text
+    assert "expected 1, got 0.5" in text
     assert "input:    tensor(1, 4) float32" in text
     error = check("giou_loss", lambda pred, target: pred.nonexistent)
     assert "raised AttributeError" in error.messages[2] and "of <lambda>)" in error.messages[2]

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from blendmask_edu.cli.main import main
-from blendmask_edu.evaluation.comparison import choose_images, per_image_case_iou
+from blendmask_edu.evaluation.comparison import choose_images, found_percent, per_image_case_iou
 
 
 def test_choose_images_takes_each_side_then_random():
@@ -59,6 +59,11 @@ def test_per_image_case_iou_scores_the_tagged_objects_only():
     assert per_image_case_iou(coco, results, "split", score_thresh=0.05) == pytest.approx(
         {1: 1.0, 2: 0.0})
     assert per_image_case_iou(coco, results, "overlap") == {}
+    # found_percent counts every object: the half covers the square at IoU 0.5 exactly (found),
+    # the untagged object and image 2's square have no detection of their class
+    assert found_percent(coco, results, score_thresh=0.5) == pytest.approx(100 / 3)
+    assert found_percent(coco, results, score_thresh=0.5, iou=0.6) == 0.0
+    assert found_percent(coco, results, score_thresh=0.05, iou=0.6) == pytest.approx(100 / 3)
 
 
 def test_compare_trains_both_models_writes_the_report_and_resumes(tmp_path, capsys):
