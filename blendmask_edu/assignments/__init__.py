@@ -18,9 +18,9 @@ from typing import Dict, Tuple
 
 from blendmask_edu.assignments import (bases_tasks, blender_tasks, data_tasks,  # noqa: F401
                                        fcos_tasks, panoptic_tasks, training_tasks)
-from blendmask_edu.assignments.checking import NOT_IMPLEMENTED, REPORTS, TASKS, Report, check
+from blendmask_edu.assignments.checking import NOT_IMPLEMENTED, TASKS, Report, check
 
-__all__ = ["ASSIGNMENTS", "Assignment", "NOT_IMPLEMENTED", "REPORTS", "Report", "SOURCE_DIR",
+__all__ = ["ASSIGNMENTS", "Assignment", "NOT_IMPLEMENTED", "Report", "SOURCE_DIR",
            "TASKS", "check"]
 
 SOURCE_DIR = Path(__file__).parent / "source"  # the instructor notebooks

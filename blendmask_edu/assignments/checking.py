@@ -12,8 +12,8 @@ mistake on purpose).
 expected and the received value, and — when ``fn``'s output equals a typical mistake's on
 that case — the mistake, named. A stub that raises ``NotImplementedError`` scores 0 and reads
 "not implemented yet"; any other exception, or a result of the wrong type or shape, is reported
-as what it is, never raised. The most recent report of each task is kept in ``REPORTS`` for the
-grader (``grading.py``) to collect.
+as what it is, never raised. When the grader (``grading.py``) sets ``REPORTS_FILE_ENV``, every
+report is also appended to that file.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Case", "Mistake", "NOT_IMPLEMENTED", "REPORTS", "REPORTS_FILE_ENV", "Report", "TASKS",
-           "Task", "check", "compare_values", "describe", "register"]
+__all__ = ["Case", "Mistake", "NOT_IMPLEMENTED", "REPORTS_FILE_ENV", "Report", "TASKS", "Task",
+           "check", "compare_values", "describe", "register"]
 
 NOT_IMPLEMENTED = "not implemented yet"
 # When set (by the grader), every report is also appended to this file as a JSON line, so that
 # the reports made before a cell that hangs or a kernel that dies are not lost.
 REPORTS_FILE_ENV = "BLENDMASK_EDU_REPORTS"
 TASKS: Dict[str, "Task"] = {}
-REPORTS: Dict[str, "Report"] = {}
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,6 @@ def compare_values(expected: Any, got: Any, atol: float = 1e-4, rtol: float = 1e
 
 
 def _record(report: Report) -> Report:
-    REPORTS[report.task] = report
     path = os.environ.get(REPORTS_FILE_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as f:
@@ -284,7 +282,7 @@ def _recognise(task: Task, case: Case, expected: Any, got: Any) -> Optional[Mist
 def check(name: str, fn: Callable, hidden: bool = False) -> Report:
     """Try ``fn`` as task ``name`` on its cases (``hidden=True``: the grader's random ones too).
 
-    Returns a ``Report`` (also kept in ``REPORTS[name]``); never raises because of ``fn``.
+    Returns a ``Report``; never raises because of ``fn``.
     """
     if name not in TASKS:
         raise KeyError(f"no task named {name!r}; the tasks are {sorted(TASKS)}")
