@@ -1,16 +1,20 @@
-"""Curves of what a run measured: training losses (after the run and live) and precision–recall.
+"""Curves of what a run measured: training losses (after the run and live) and precision–recall;
+charts of a dataset's numbers (counts, sizes); and a figure as a JPEG for notebooks.
 
 Like :mod:`blendmask_edu.visualize` (pictures of images, masks and maps), every ``plot_*``
 function draws into a matplotlib ``Axes`` (made if not given) and returns it. The ``save_*``
 functions write a run's PNGs (``loss_curve.png``, ``pr_curve.png``) on a pyplot-free
-``Figure``, so that a notebook's own figures and backend are left alone. Introduced in
-``notebooks/01_fcos.ipynb`` (losses) and ``05_evaluate`` (precision–recall).
+``Figure``, so that a notebook's own figures and backend are left alone. :func:`show_jpeg` shows
+a grid of images in a notebook as a JPEG: their noisy textures make PNGs of several hundred kB.
+Introduced in ``notebooks/00_data.ipynb`` (charts, JPEG), ``01_fcos`` (losses) and
+``05_evaluate`` (precision–recall).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Mapping, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -114,3 +118,60 @@ class LiveLossPlot:
         if self.log:
             self._draw()
         plt.close(self.fig)
+
+
+def plot_counts(counts: Mapping[str, float], ax=None, title: str = "", ylabel: str = "count"):
+    """A bar chart of ``{name: value}``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(counts.keys()), list(counts.values()), color="#4c72b0")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=30)
+    return ax
+
+
+def plot_size_histogram(sizes: Sequence[float], ax=None, title: str = "object sizes",
+                        bounds: Sequence[float] = ()):
+    """A log-scale histogram of object sizes (px); ``bounds`` draws vertical lines (FPN ranges)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    sizes = np.asarray(sizes, dtype=np.float64)
+    sizes = sizes[sizes > 0]
+    if len(sizes):
+        bins = np.geomspace(max(sizes.min(), 1.0), sizes.max() + 1e-9, 30)
+        ax.hist(sizes, bins=bins, color="#55a868")
+        ax.set_xscale("log")
+    for bound in bounds:
+        ax.axvline(bound, color="k", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("size (px, longer side of the box)")
+    ax.set_ylabel("instances")
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+def jpeg_bytes(source, quality: int = 80, dpi: Optional[float] = None) -> bytes:
+    """A picture as JPEG bytes, for embedding in a notebook: ``source`` is a saved picture's path
+    or a matplotlib figure (drawn at ``dpi``, default its own, cropped as notebooks crop). The
+    noisy textures of the shapes images make PNGs of several hundred kB; JPEG keeps them at a
+    fraction (``IPython.display.Image(data=..., format="jpeg")`` shows the bytes)."""
+    from PIL import Image
+
+    if isinstance(source, Figure):
+        png = io.BytesIO()
+        source.savefig(png, format="png", dpi=dpi or source.dpi, bbox_inches="tight",
+                       facecolor="white")
+        source = png
+    buffer = io.BytesIO()
+    Image.open(source).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def show_jpeg(fig, quality: int = 80, dpi: Optional[float] = None) -> None:
+    """Show a figure in a notebook as a JPEG (:func:`jpeg_bytes`) and close it, for photo-like
+    grids of images; line plots stay PNG (sharper, and small)."""
+    from IPython.display import Image, display
+
+    data = jpeg_bytes(fig, quality, dpi)
+    plt.close(fig)
+    display(Image(data=data, format="jpeg"))

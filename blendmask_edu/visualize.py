@@ -1,20 +1,24 @@
-"""Pictures of what the code sees and makes: images with instance masks and detections, panoptic
-and semantic maps, FCOS locations, bases and attention maps, dataset statistics.
+"""Pictures of what the code sees and makes: images with instance masks and detections (beside
+their ground truth), panoptic and semantic maps, FCOS locations, bases and attention maps.
 
 Every function draws into a matplotlib ``Axes`` (made if not given) and returns it, so notebooks
-can lay pictures out in grids and the demo report can save them. Curves of what a run measured
-(losses, precision–recall) are in :mod:`blendmask_edu.plots`. Introduced in
-``notebooks/00_data.ipynb``.
+can lay pictures out in grids and the demo report can save them. Curves and charts of numbers
+(losses, precision–recall, a dataset's counts and sizes) and ``show_jpeg``, which shows a grid of
+images as a JPEG, are in :mod:`blendmask_edu.plots`. Introduced in ``notebooks/00_data.ipynb``.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.transforms import offset_copy
+
+# Defined in plots (charts of numbers, a figure as JPEG); importable from here too.
+from blendmask_edu.plots import jpeg_bytes, plot_counts, plot_size_histogram, show_jpeg  # noqa
 
 
 def to_numpy_image(image) -> np.ndarray:
@@ -57,15 +61,18 @@ def _axes(ax):
 
 
 def draw_instances(image, masks=None, boxes=None, labels: Optional[Sequence[str]] = None,
-                   alpha: float = 0.55, ax=None, title: Optional[str] = None):
+                   alpha: float = 0.55, ax=None, title: Optional[str] = None,
+                   colors: Optional[Sequence] = None, fontsize: float = 7):
     """Draw an image with its instances: masks ``[G, H, W]`` tinted, boxes ``[G, 4]`` xyxy, labels.
 
-    ``labels`` are the texts written at each box's corner (class name, score, ...).
+    ``labels`` are the texts written at a corner of each box (class name, score, ...), each where
+    it hides no earlier label (see :func:`place_labels`). ``colors``: G RGB triples in 0..1 (e.g.
+    one per class); by default each instance its own (:func:`instance_colors`).
     """
     ax = _axes(ax)
     canvas = to_numpy_image(image).astype(np.float32) / 255.0
     count = len(masks) if masks is not None else (len(boxes) if boxes is not None else 0)
-    colors = instance_colors(count)
+    colors = instance_colors(count) if colors is None else np.asarray(colors, dtype=np.float64)
     if masks is not None and count:
         masks = np.asarray(masks.detach().cpu() if isinstance(masks, torch.Tensor) else masks) > 0.5
         for mask, color in zip(masks, colors):
@@ -77,12 +84,47 @@ def draw_instances(image, masks=None, boxes=None, labels: Optional[Sequence[str]
             # A box x0..x1 covers pixel columns x0..x1-1, whose edges in imshow are at -0.5 offsets.
             ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                        edgecolor=colors[index], linewidth=1.2))
-            if labels is not None:
-                ax.text(x0 - 0.5, y0 - 1.0, labels[index], fontsize=7, color="white",
-                        bbox=dict(facecolor=colors[index], alpha=0.8, pad=0.5, linewidth=0))
+        if labels is not None:
+            place_labels(ax, boxes, labels, colors, fontsize)
     if title:
         ax.set_title(title, fontsize=9)
     return ax
+
+
+def place_labels(ax, boxes: np.ndarray, texts: Sequence[str], colors, fontsize: float = 7) -> list:
+    """Write ``texts[g]`` at box g (``[G, 4]`` xyxy) on ``colors[g]`` (RGB 0..1), in order, at the
+    first place where it overlaps no earlier label and stays inside the axes (above the top edge,
+    inside it, below the bottom edge, inside it; left-, then right-aligned; then stacked 1-3 label
+    heights further out), else where it overlaps least. Returns the G ``Text`` artists."""
+    step = 1.6 * fontsize  # a label's height, in points
+    anchors = [(i, ha, j, va, 0.0) for i, ha in ((0, "left"), (2, "right"))
+               for j, va in ((1, "bottom"), (1, "top"), (3, "top"), (3, "bottom"))]
+    anchors += [(0, "left", j, va, k * step * sign) for k in (1, 2, 3)
+                for j, va, sign in ((1, "bottom", 1), (3, "top", -1))]
+    frame, written, placed = ax.get_window_extent(), [], []  # in display pixels
+
+    def overlap(a, b):  # area shared by two display-space boxes
+        return (max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+                * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0)))
+
+    for box, text, color in zip(boxes, texts, colors):
+        ink = "black" if np.dot(color, (0.299, 0.587, 0.114)) > 0.6 else "white"  # luminance
+        tried = []  # (cost, order, label, extent) of each place tried
+        for i, ha, j, va, dy in anchors:
+            label = ax.text(box[i] - 0.5, box[j] - 0.5, text, fontsize=fontsize, color=ink, ha=ha,
+                            va=va, bbox=dict(facecolor=color, alpha=0.85, pad=0.6, linewidth=0),
+                            transform=offset_copy(ax.transData, ax.figure, y=dy, units="points"))
+            extent = label.get_window_extent().expanded(1.1, 1.3)
+            label.remove()
+            cost = sum(overlap(extent, other) for other in written)
+            cost += extent.width * extent.height - overlap(extent, frame)  # outside the axes
+            tried.append((cost, len(tried), label, extent))
+            if cost == 0:
+                break
+        _, _, label, extent = min(tried)
+        placed.append(ax.add_artist(label))
+        written.append(extent)
+    return placed
 
 
 def colorize_panoptic(segment_ids: np.ndarray, segments_info: Sequence[Mapping],
@@ -124,10 +166,12 @@ def draw_panoptic(segment_ids, segments_info, category_colors, thing_ids=(), nam
 
 
 def draw_semantic(labels, names: Sequence[str], colors: Optional[Sequence[Sequence[int]]] = None,
-                  ax=None, title: Optional[str] = None, ignore: int = 255, legend: bool = True):
+                  ax=None, title: Optional[str] = None, ignore: int = 255,
+                  legend: Union[bool, str] = True, legend_loc: str = "lower right"):
     """A semantic label map ``[H, W]`` (0..C-1, ``ignore`` drawn black) in one colour per class,
-    with a legend naming ``names[c]``; ``colors`` are C RGB triples in 0..255 (default: fixed
-    distinct colours)."""
+    with a legend naming ``names[c]`` of the classes present (``legend="all"``: of every class;
+    a black "void" entry when ``ignore`` pixels are drawn); ``colors`` are C RGB triples in
+    0..255 (default: fixed distinct colours). ``legend_loc="outside"`` puts it right of the map."""
     ax = _axes(ax)
     labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
     palette = (np.asarray(colors, dtype=np.float64) / 255.0 if colors is not None
@@ -138,40 +182,14 @@ def draw_semantic(labels, names: Sequence[str], colors: Optional[Sequence[Sequen
     ax.imshow(canvas, interpolation="nearest")
     if legend:
         handles = [matplotlib.patches.Patch(color=palette[c], label=names[c])
-                   for c in range(len(names)) if (labels == c).any()]
-        ax.legend(handles=handles, fontsize=6, loc="lower right", framealpha=0.7)
+                   for c in range(len(names)) if legend == "all" or (labels == c).any()]
+        if (labels == ignore).any():
+            handles.append(matplotlib.patches.Patch(color="black", label=f"void ({ignore})"))
+        outside = legend_loc == "outside"
+        ax.legend(handles=handles, fontsize=7, framealpha=0.7, loc="upper left" if outside else
+                  legend_loc, bbox_to_anchor=(1.02, 1.0) if outside else None)
     if title:
         ax.set_title(title, fontsize=9)
-    return ax
-
-
-def plot_counts(counts: Mapping[str, float], ax=None, title: str = "", ylabel: str = "count"):
-    """A bar chart of ``{name: value}``."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(list(counts.keys()), list(counts.values()), color="#4c72b0")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", labelrotation=30)
-    return ax
-
-
-def plot_size_histogram(sizes: Sequence[float], ax=None, title: str = "object sizes",
-                        bounds: Sequence[float] = ()):
-    """A log-scale histogram of object sizes (px); ``bounds`` draws vertical lines (FPN ranges)."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
-    sizes = np.asarray(sizes, dtype=np.float64)
-    sizes = sizes[sizes > 0]
-    if len(sizes):
-        bins = np.geomspace(max(sizes.min(), 1.0), sizes.max() + 1e-9, 30)
-        ax.hist(sizes, bins=bins, color="#55a868")
-        ax.set_xscale("log")
-    for bound in bounds:
-        ax.axvline(bound, color="k", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("size (px, longer side of the box)")
-    ax.set_ylabel("instances")
-    ax.set_title(title, fontsize=10)
     return ax
 
 
@@ -201,16 +219,22 @@ def draw_locations(image, locations: Sequence[torch.Tensor], strides: Sequence[i
 
 
 def draw_level_map(image, values: torch.Tensor, stride: int, ax=None, title: str = "",
-                   cmap: str = "viridis", vmin=None, vmax=None, alpha: float = 0.65):
-    """A per-location map [h, w] of one level, stretched over the image it came from."""
+                   cmap: str = "viridis", vmin=None, vmax=None, alpha: float = 0.65,
+                   colorbar: Union[bool, str] = False):
+    """A per-location map [h, w] of one level, stretched over the image it came from (NaN cells
+    left clear); ``colorbar`` (True, or its label) adds the colour scale beside it."""
     ax = _axes(ax)
     picture = to_numpy_image(image)
     height, width = picture.shape[:2]
     ax.imshow(picture, interpolation="nearest")
     values = values.detach().cpu().float().numpy()
     h, w = values.shape
-    ax.imshow(np.ma.masked_where(np.isnan(values), values), cmap=cmap, vmin=vmin, vmax=vmax,
-              alpha=alpha, interpolation="nearest", extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+    overlay = ax.imshow(np.ma.masked_where(np.isnan(values), values), cmap=cmap, vmin=vmin,
+                        vmax=vmax, alpha=alpha, interpolation="nearest",
+                        extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+    if colorbar:
+        ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.03,
+                           label=colorbar if isinstance(colorbar, str) else None)
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_title(title, fontsize=9)
@@ -253,18 +277,52 @@ def draw_bases(image, bases: torch.Tensor, axes: Optional[Sequence] = None,
 
 def draw_detections(image, detection: Mapping[str, torch.Tensor],
                     names: Optional[Mapping[int, str]] = None, score_thresh: float = 0.3,
-                    ax=None, title: Optional[str] = None):
+                    ax=None, title: Optional[str] = None,
+                    class_colors: Optional[Mapping[int, Sequence[int]]] = None,
+                    fontsize: float = 7):
     """An image with the detections scoring at least ``score_thresh``: ``detection`` holds
     ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D] (category ids) and optionally ``masks``
-    [D, 1, H, W] probabilities at the image's size; labels read "class score"."""
+    [D, 1, H, W] probabilities at the image's size (drawn above 0.5); labels read "class
+    score", ``names`` being {category id: name}. ``class_colors`` ({category id: RGB 0..255})
+    colours each detection by its class instead of one colour per detection."""
     keep = detection["scores"].detach().cpu() >= score_thresh
     labels = detection["labels"].detach().cpu()[keep].tolist()
     scores = detection["scores"].detach().cpu()[keep].tolist()
     texts = [f"{(names or {}).get(int(c), c)} {s:.2f}" for c, s in zip(labels, scores)]
     masks = detection.get("masks")
     masks = masks.detach().cpu()[keep][:, 0] if masks is not None else None  # [D', H, W]
+    colors = None if class_colors is None else [np.asarray(class_colors[c]) / 255.0 for c in labels]
     return draw_instances(image, masks, detection["boxes"].detach().cpu()[keep], texts, ax=ax,
-                          title=title)
+                          title=title, colors=colors, fontsize=fontsize)
+
+
+def draw_truth_and_prediction(image, target: Mapping[str, torch.Tensor],
+                              detection: Mapping[str, torch.Tensor], categories,
+                              score_thresh: float = 0.3, axes: Optional[Sequence] = None,
+                              name: str = "", colors: Optional[Mapping[int, Sequence[int]]] = None,
+                              fontsize: float = 8):
+    """One image's ground truth and a model's prediction in two panels ``axes`` (made side by side
+    if not given); returns them. Instances are tinted in their class's colour (a wrong class shows
+    as a change of colour) and labelled with the class (and score).
+
+    image: float [3, H, W] in 0..1 or uint8 [H, W, 3]. target: the dataset's dict, ``masks``
+    [G, H, W], ``boxes`` [G, 4] xyxy, ``labels`` [G] contiguous thing indices. detection: the
+    model's, ``boxes`` [D, 4] xyxy, ``scores`` [D], ``labels`` [D] category ids, optionally
+    ``masks`` [D, 1, H, W] probabilities; drawn if scoring ≥ ``score_thresh``. categories: the
+    dataset's ``CategoryMap`` (``names``, ``thing_ids``). name: before the first title (e.g. the
+    image id). colors: {category id: RGB 0..255}, default :func:`category_colors` of thing ids."""
+    if axes is None:
+        _, axes = image_grid(2, ncols=2, size=4.0)
+    colors = colors or category_colors(categories.thing_ids)
+    ids = [categories.thing_ids[int(i)] for i in target["labels"]]
+    title = (f"{name}: " if name else "") + f"ground truth, {len(ids)} things"
+    draw_instances(image, target["masks"], target["boxes"], [categories.names[c] for c in ids],
+                   ax=axes[0], title=title, colors=[np.asarray(colors[c]) / 255.0 for c in ids],
+                   fontsize=fontsize)
+    shown = int((detection["scores"] >= score_thresh).sum())
+    draw_detections(image, detection, categories.names, score_thresh, ax=axes[1], fontsize=fontsize,
+                    title=f"prediction, {shown} ≥ {score_thresh:g}", class_colors=colors)
+    return axes
 
 
 def save_prediction(target, title: str, image, det, panoptic, names, stuff_names, colors,
@@ -289,16 +347,3 @@ def save_prediction(target, title: str, image, det, panoptic, names, stuff_names
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
-
-
-def jpeg_bytes(path, quality: int = 80) -> bytes:
-    """A saved picture re-encoded as JPEG bytes, for embedding in a notebook: the noisy textures
-    of the shapes images make PNGs of several hundred kB (``IPython.display.Image(data=...,
-    format="jpeg")`` shows them)."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()

@@ -34,6 +34,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from blendmask_edu import visualize as vis
+from blendmask_edu.evaluation.failures import match_objects, summarize
 from blendmask_edu.evaluation.inference import detect
 from blendmask_edu.evaluation.tables import PAPER_TABLE1, format_table1, hard_case_table
 
@@ -53,23 +54,10 @@ def best_mask_ious(coco_gt, results: Sequence[Mapping], tag: Optional[str] = Non
     coco_gt  a ``pycocotools.coco.COCO`` whose annotations carry ``hard_cases`` lists
     results  COCO results dicts (``image_id``, ``category_id``, ``score``, ``segmentation`` RLE)
     """
-    by_image: Dict[int, List[Mapping]] = {}
-    for r in results:
-        if r["score"] >= score_thresh and "segmentation" in r:
-            by_image.setdefault(int(r["image_id"]), []).append(r)
-    found = {}
-    for image_id in sorted(coco_gt.getImgIds()):
-        anns = [a for a in coco_gt.imgToAnns[image_id] if not a.get("iscrowd", 0)
-                and (tag is None or tag in a.get("hard_cases", ()))]
-        if not anns:
-            continue
-        best = []
-        for ann in anns:
-            dets = [r["segmentation"] for r in by_image.get(image_id, ())
-                    if r["category_id"] == ann["category_id"]]
-            ious = mask_utils.iou(dets, [coco_gt.annToRLE(ann)], [0]) if dets else [0.0]
-            best.append(float(np.max(ious)))
-        found[image_id] = best
+    found: Dict[int, List[float]] = {}
+    for m in match_objects(coco_gt, results, score_thresh):
+        if tag is None or tag in m.tags:
+            found.setdefault(m.image_id, []).append(m.best_iou)
     return found
 
 
@@ -85,9 +73,7 @@ def found_percent(coco_gt, results: Sequence[Mapping], score_thresh: float,
                   iou: float = 0.5) -> float:
     """Percent of the non-crowd ground-truth objects that a detection of their category scoring
     ≥ ``score_thresh`` covers with mask IoU ≥ ``iou``."""
-    best = [v for values in best_mask_ious(coco_gt, results, None, score_thresh).values()
-            for v in values]
-    return 100.0 * float(np.mean([v >= iou for v in best])) if best else 0.0
+    return summarize(match_objects(coco_gt, results, score_thresh), iou)["found_percent"]
 
 
 def choose_images(first: Mapping[int, float], second: Mapping[int, float], per_side: int = 2,
