@@ -314,7 +314,7 @@ def draw_truth_and_prediction(image, target: Mapping[str, torch.Tensor],
     if axes is None:
         _, axes = image_grid(2, ncols=2, size=4.0)
     colors = colors or category_colors(categories.thing_ids)
-    ids = [categories.thing_ids[int(i)] for i in target["labels"]]
+    ids = [int(categories.category_id(int(i))) for i in target["labels"]]
     title = (f"{name}: " if name else "") + f"ground truth, {len(ids)} things"
     draw_instances(image, target["masks"], target["boxes"], [categories.names[c] for c in ids],
                    ax=axes[0], title=title, colors=[np.asarray(colors[c]) / 255.0 for c in ids],
