@@ -92,10 +92,9 @@ def learned(shapes64):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     images, targets = [im for im, _ in shapes64[:2]], [t for _, t in shapes64[:2]]
     history = []
-    # One thread: the same sums in the same order on every run, so every test that reads this
-    # model sees the same model (on 2 threads its mask AP moved by 2.5 points between two runs
-    # of the same commit, across test_mask_ap_before_and_after_pasting_at_the_original_size's
-    # tolerance).
+    # One thread: the same sums in the same order on every run of one machine, so every test
+    # that reads this model sees the same model (on 2 threads its mask AP moved by 2.5 points
+    # between two runs of the same commit). Other CPUs still train a slightly different model.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -409,10 +408,16 @@ def _mask_ap(images, targets, detections) -> float:
 
 
 def test_mask_ap_before_and_after_pasting_at_the_original_size(learned, tmp_path_factory):
-    """AP before/after the change, on images three times their test size: the scenes ``learned``
-    fitted, drawn again by the generator at 192 px (same seed: the same layout, finer edges, its
-    ground truth drawn at 192 px; the test resize brings the images back to 64). Before: masks
-    pasted at 64 px, then resized ×3; after: pasted at 192 px directly."""
+    """The trained model on images three times their test size: the scenes ``learned`` fitted,
+    drawn again by the generator at 192 px (same seed: the same layout, finer edges, its ground
+    truth drawn at 192 px; the test resize brings the images back to 64). Before the change:
+    masks pasted at 64 px, then resized ×3; after: pasted at 192 px directly. The same boxes, the
+    same masks up to resampling, and a mask AP that shows the model works at the original size.
+
+    Which of the two scores more AP here is not asserted: on two images of a 40-step model a
+    point or two of AP is one small mask crossing an IoU threshold, and the sign changed between
+    machines (before/after 52.9/55.8, 49.6/49.6, 48.1/44.4 were measured). The gain of pasting
+    once is asserted against an exact reference in the next test."""
     model, _ = learned
     dataset = shapes_split(tmp_path_factory, num_val=2, size=192, seed=0)
     images, targets = zip(*[dataset[i] for i in range(2)])
@@ -426,8 +431,46 @@ def test_mask_ap_before_and_after_pasting_at_the_original_size(learned, tmp_path
                                                   mode="bilinear", align_corners=False)})
     for old, new in zip(before, after):
         torch.testing.assert_close(new["boxes"], old["boxes"].clamp(0, 192), rtol=0, atol=1e-3)
-    ap_before, ap_after = _mask_ap(images, targets, before), _mask_ap(images, targets, after)
-    # the same model's masks, each sampled once at 192 px or twice (64 px, then ×3); measured
-    # before/after: 52.9/55.8 (1 thread), 49.6/49.6 (2 threads: the fixture's training differs)
-    assert ap_after >= 40, (ap_before, ap_after)
-    assert ap_after >= ap_before - 2.0, (ap_before, ap_after)
+        old_bin, new_bin = old["masks"][:, 0] > 0.5, new["masks"][:, 0] > 0.5
+        inter = (old_bin & new_bin).flatten(1).sum(1)
+        union = (old_bin | new_bin).flatten(1).sum(1)
+        kept = union > 0
+        # measured: 0.89 for the smallest masks (about 20 px across at 192), 0.96-0.997 otherwise
+        assert (inter[kept] / union[kept]).min() >= 0.85, inter / union.clamp_min(1)
+    ap_after = _mask_ap(images, targets, after)
+    assert ap_after >= 40, (_mask_ap(images, targets, before), ap_after)
+
+
+@pytest.mark.parametrize("sharpness", [4.0, 10.0, 30.0])
+def test_pasting_once_at_the_original_size_draws_the_shape_more_exactly(sharpness):
+    """An R × R map whose 0.5 level is an ellipse inscribed in the box at 0.7 of its half-axes,
+    with edges from soft (4) to sharp (30); twenty random boxes of 6-26 px in a 64 px image,
+    the original image being 192 px. Reference: that ellipse drawn at 192 px from the pixel
+    centres. Pasting at 192 px directly matches it closer than pasting at 64 px and resizing ×3,
+    on every box (measured mean IoU 0.9996-0.9998 vs 0.972-0.992; worst 0.998 vs 0.915)."""
+    generator = torch.Generator().manual_seed(0)
+    resolution, radius = 56, 0.7
+    centres = (torch.arange(resolution) + 0.5) / resolution * 2 - 1  # cell centres in [-1, 1]
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    probs = torch.sigmoid((radius - (xx ** 2 + yy ** 2).sqrt()) * sharpness)[None]  # (1, R, R)
+    pixels = torch.arange(192.0) + 0.5
+
+    def iou(a, b):
+        return float((a & b).sum() / (a | b).sum())
+
+    direct_ious, resized_ious = [], []
+    for _ in range(20):
+        x0, y0 = (torch.rand(2, generator=generator) * 30 + 5).tolist()
+        w, h = (torch.rand(2, generator=generator) * 20 + 6).tolist()
+        box = torch.tensor([[x0, y0, x0 + w, y0 + h]])
+        direct = paste_masks(probs, box * 3, (192, 192))[0] > 0.5
+        resized = F.interpolate(paste_masks(probs, box, (64, 64))[None], size=(192, 192),
+                                mode="bilinear", align_corners=False)[0, 0] > 0.5
+        u = (pixels[None] - 1.5 * (2 * x0 + w)) / (1.5 * w)  # box-centred, half-axis 1
+        v = (pixels[:, None] - 1.5 * (2 * y0 + h)) / (1.5 * h)
+        reference = u ** 2 + v ** 2 < radius ** 2
+        direct_ious.append(iou(direct, reference))
+        resized_ious.append(iou(resized, reference))
+    assert min(direct_ious) >= 0.99, direct_ious
+    assert all(d >= r for d, r in zip(direct_ious, resized_ious)), (direct_ious, resized_ious)
+    assert sum(direct_ious) / 20 > sum(resized_ious) / 20 + 0.005, (direct_ious, resized_ious)
