@@ -14,7 +14,15 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 endif
 DATA   ?= data/shapes
 RUN    ?= runs/demo
+# The notebooks' scale, as blendmask_edu.utils.notebook_scale decides it (BLENDMASK_EDU_SCALE, else
+# "ci" when CI is set), and the per-cell limit of their run: 15 minutes at the CI scale; 4 hours at
+# the full scale, where a fresh clone without runs/demo trains the notebooks' shared model in a cell.
+NB_SCALE := $(if $(BLENDMASK_EDU_SCALE),$(BLENDMASK_EDU_SCALE),$(if $(filter-out 0 false False FALSE,$(CI)),ci,full))
+ifeq ($(NB_SCALE),ci)
 NBVAL_TIMEOUT ?= 900
+else
+NBVAL_TIMEOUT ?= 14400
+endif
 # make gpu-check: the COCO subset, the training iterations and the val images of the quick AP;
 # GPU_ARGS passes anything else to benchmarks/gpu_check.py (e.g. GPU_ARGS="--backbone.weights_path FILE").
 GPU_DATA  ?= data/coco_subset
