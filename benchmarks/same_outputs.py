@@ -3,7 +3,9 @@ the R-50 model on one fixed input, saved by one version and compared by another.
 
 A speed change must not change what the model computes. This script builds ``coco_r50_3x`` with
 random weights drawn from seed 0 (score threshold 0, 50 detections: the setting of
-``speed.py``), runs it in eval mode on ``speed.py``'s fixed 512² image, and either saves the
+``speed.py``), gives its frozen BatchNorms statistics and affines drawn from seed 1 (random init
+leaves them the identity, which would hide a wrong fold of a norm into its conv), runs it in
+eval mode on ``speed.py``'s fixed 512² image, and either saves the
 outputs (``--save FILE``) or compares them with a saved file (``--against FILE``), printing the
 largest differences. Run the saving side with the other version first on ``PYTHONPATH``::
 
@@ -38,9 +40,25 @@ def outputs(size: int, detections: int, threads: int) -> Dict[str, torch.Tensor]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(our_config("coco_r50_3x", detections)).eval()
+    model.load_state_dict(frozen_norm_statistics(model.state_dict()))
     with torch.inference_mode():
         out = model(make_images(size, 1, torch.device("cpu")))[0]
     return {key: out[key].clone() for key in KEYS}
+
+
+def frozen_norm_statistics(state: Dict[str, torch.Tensor], seed: int = 1) -> Dict[str, torch.Tensor]:
+    """``state`` with every norm's four tensors (the prefixes of the ``running_var`` keys) drawn
+    from ``seed``: scale 0.5–1.5, shift N(0, 0.1²), mean N(0, 0.1²), variance 0.5–2."""
+    g = torch.Generator().manual_seed(seed)
+    state = dict(state)
+    draws = {"weight": lambda n: 0.5 + torch.rand(n, generator=g),
+             "bias": lambda n: 0.1 * torch.randn(n, generator=g),
+             "running_mean": lambda n: 0.1 * torch.randn(n, generator=g),
+             "running_var": lambda n: 0.5 + 1.5 * torch.rand(n, generator=g)}
+    for prefix in sorted(k[: -len("running_var")] for k in state if k.endswith("running_var")):
+        for name, draw in draws.items():
+            state[prefix + name] = draw(state[prefix + name].numel())
+    return state
 
 
 def compare(before: Dict[str, torch.Tensor], after: Dict[str, torch.Tensor]) -> Dict[str, float]:

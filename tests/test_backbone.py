@@ -16,7 +16,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from blendmask_edu.modeling.backbone import (IMAGENET_MEAN, IMAGENET_STD, LastLevelP6, ResNetFPN,
-                                    build_resnet_fpn, narrow_resnet)
+                                    build_resnet_fpn, fold_frozen_norms, narrow_resnet)
+from blendmask_edu.modeling.layers import FoldedFrozenBatchNorm2d, FrozenBNConv2d
 
 LEVELS = [(3, 4, 5, 6, 7), (3, 4, 5), (3, 4, 5, 6), (2, 3, 4, 5, 6, 7)]
 
@@ -75,17 +76,20 @@ def test_p6_only_block():
     assert build_resnet_fpn(18, fpn_channels=64, levels=(3, 4, 5)).fpn.extra_blocks is None
 
 
-def test_parity_with_torchvision_retinanet_backbone():
-    """Same weights → same P3..P7 as torchvision's resnet_fpn_backbone + LastLevelP6P7 (RetinaNet)."""
+@pytest.mark.parametrize("fold", [False, True], ids=["unfolded", "folded"])
+def test_parity_with_torchvision_retinanet_backbone(fold):
+    """Same weights → same P3..P7 as torchvision's resnet_fpn_backbone + LastLevelP6P7 (RetinaNet):
+    exactly unfolded, up to float rounding with the frozen norms folded into the convs."""
     theirs = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3,
                                  returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)).eval()
-    ours = build_resnet_fpn(18, fpn_channels=256).eval()
+    ours = build_resnet_fpn(18, fpn_channels=256, fold_frozen_bn=fold).eval()
     ours.load_state_dict(theirs.state_dict())  # the same key names: body.*, fpn.*
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
         a, b = ours(x), theirs(x)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if fold else {}
     for p, key in zip(a.values(), b):
-        torch.testing.assert_close(p, b[key])
+        torch.testing.assert_close(p, b[key], **tolerance)
 
 
 def test_fpn_init_is_c2_xavier_fill():
@@ -131,7 +135,7 @@ def test_norm_types(norm, kind):
     model = build_resnet_fpn(18, norm=norm, frozen_stages=0, fpn_channels=64)
     kinds = (FrozenBatchNorm2d, nn.BatchNorm2d, nn.GroupNorm)
     norms = [m for m in model.body.modules() if isinstance(m, kinds)]
-    assert len(norms) == 20 and all(type(m) is kind for m in norms)  # 1 stem + 16 in blocks + 3 shortcuts
+    assert len(norms) == 20 and all(isinstance(m, kind) for m in norms)  # 1 stem + 16 in blocks + 3 shortcuts
     if norm == "gn":
         assert all(m.num_groups == 32 for m in norms)
     if norm == "frozen_bn":  # buffers only, never updated, whatever the mode
@@ -276,3 +280,92 @@ def test_input_must_be_padded_to_32():
     model = build_resnet_fpn(18, fpn_channels=64)
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.randn(1, 3, 100, 128))
+
+
+def _frozen_pair(frozen_stages=2):
+    """(folded, unfolded): two R-18 FPNs with the same weights and the same frozen-BN statistics
+    and affines, taken from a BatchNorm trunk that measured them on random images (from random
+    init frozen BN is the identity, which folding leaves alone; statistics measured keep the
+    activations near 1, so float rounding stays small)."""
+    measured = build_resnet_fpn(18, norm="bn", frozen_stages=0, fpn_channels=32, levels=(3, 4, 5))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in measured.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = None  # the running statistics = the average over batches
+                module.weight.uniform_(0.5, 1.5, generator=g)
+                module.bias.normal_(0.0, 0.2, generator=g)
+        for _ in range(3):
+            measured.train()(torch.rand(4, 3, 64, 64, generator=g))
+    state = {k: v for k, v in measured.state_dict().items() if "num_batches_tracked" not in k}
+    pair = []
+    for fold in (True, False):
+        model = build_resnet_fpn(18, frozen_stages=frozen_stages, fpn_channels=32,
+                                 levels=(3, 4, 5), fold_frozen_bn=fold)
+        model.load_state_dict(state)
+        pair.append(model)
+    return tuple(pair)
+
+
+def _close(a, b, what=""):
+    """Equal up to float rounding: max |a − b| ≤ 1e-5 · max |b| (the outputs reach ~150)."""
+    error, scale = (a - b).abs().max().item(), b.abs().max().item()
+    assert error <= 1e-5 * scale, f"{what}: max difference {error:.3g} at scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("depth, norms", [(18, 20), (50, 53)])
+def test_fold_frozen_norms_folds_every_norm_after_a_conv(depth, norms):
+    """Stem + every block's norms + the shortcuts' norms; the keys stay torchvision's."""
+    model = build_resnet_fpn(depth, fpn_channels=32, fold_frozen_bn=False)
+    keys = list(model.state_dict())
+    assert fold_frozen_norms(model.body) == norms
+    assert list(model.state_dict()) == keys
+    kinds = [type(m) for m in model.body.modules()]
+    assert kinds.count(FoldedFrozenBatchNorm2d) == kinds.count(FrozenBNConv2d) == norms
+    assert FrozenBatchNorm2d not in kinds  # none left unfolded
+    assert fold_frozen_norms(model.body) == 0  # folding twice changes nothing
+
+
+def test_folded_trunk_computes_the_unfolded_numbers_and_gradients():
+    folded, unfolded = _frozen_pair()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.inference_mode():  # the cached folded weights
+        for a, b in zip(folded.eval()(x).values(), unfolded.eval()(x).values()):
+            _close(a, b, "inference")
+    grads = []  # in float64: in float32 a ReLU whose input rounds to the other side of 0
+    for model in (folded, unfolded):  # moves gradients by ~1e-3; training folds inside the graph
+        model.double().train().zero_grad()
+        weights = torch.linspace(-1, 1, 8, dtype=torch.float64)
+        sum((p * weights[: p.shape[-1]]).sum() for p in model(x.double()).values()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and "body.layer2.0.conv1.weight" in grads[0]
+    for name in grads[0]:
+        _close(grads[0][name], grads[1][name], name)
+
+
+def test_the_kept_folded_weight_follows_every_change():
+    """The cache is keyed on versions: an in-place weight update, a new state dict and a move to
+    channels-last all give the numbers of the unfolded trunk changed the same way."""
+    folded, unfolded = _frozen_pair(frozen_stages=0)
+    x = torch.randn(1, 3, 64, 64)
+
+    def same():
+        with torch.no_grad():
+            for a, b in zip(folded.eval()(x).values(), unfolded.eval()(x).values()):
+                _close(a, b)
+
+    same()  # fills the cache
+    with torch.no_grad():  # as an optimizer step does
+        for model in (folded, unfolded):
+            model.body.layer1[0].conv1.weight.mul_(-2.0)
+            model.body.conv1.weight.add_(0.1)
+    same()
+    state = unfolded.state_dict()
+    state["body.layer3.1.bn2.running_var"] = state["body.layer3.1.bn2.running_var"] * 3
+    state["body.bn1.running_mean"] = state["body.bn1.running_mean"] + 1
+    for model in (folded, unfolded):
+        model.load_state_dict(state)
+    same()
+    for model in (folded, unfolded):
+        model.to(memory_format=torch.channels_last)
+    same()

@@ -407,10 +407,27 @@ def _paste_every_pixel(probs, boxes, size):
     return torch.stack(out)
 
 
+def _window_sides(boxes, r, size):
+    """(heights, widths, longest) of paste_masks's windows, computed here from its rule: the box
+    grown by half a map cell and a pixel, clipped to the image."""
+    height, width = size
+    x0, y0, x1, y1 = boxes.unbind(1)
+    w, h = (x1 - x0).clamp_min(0), (y1 - y0).clamp_min(0)
+    left = (x0 - w / (2 * r) - 1).floor().clamp(0, width)
+    right = (x1 + w / (2 * r) + 1).ceil().clamp(0, width)
+    top = (y0 - h / (2 * r) - 1).floor().clamp(0, height)
+    bottom = (y1 + h / (2 * r) + 1).ceil().clamp(0, height)
+    return (bottom - top).long(), (right - left).long(), max(size)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["one window", "size groups"])
 @pytest.mark.parametrize("r", [4, 14, 28])
-def test_paste_window_equals_sampling_every_pixel(r, monkeypatch):
+def test_paste_window_equals_sampling_every_pixel(r, grouped, monkeypatch):
     """The windowed paste gives the numbers of the every-pixel paste: big boxes whose fade
-    reaches several pixels out, tiny ones, boxes over the image border, empty ones."""
+    reaches several pixels out, tiny ones, boxes over the image border, empty ones; in one
+    window size for all (few pixels) or in groups of similar size (many)."""
+    if grouped:
+        monkeypatch.setattr(blender, "PASTE_ONE_WINDOW", 0)
     g = torch.Generator().manual_seed(r)
     xy = torch.rand(40, 2, generator=g, dtype=torch.float64) * 120 - 20
     wh = torch.rand(40, 2, generator=g, dtype=torch.float64) ** 2 * 150
@@ -422,3 +439,6 @@ def test_paste_window_equals_sampling_every_pixel(r, monkeypatch):
     torch.testing.assert_close(paste_masks(probs, boxes, (96, 112)), expected, rtol=0, atol=1e-12)
     monkeypatch.setattr(blender, "PASTE_CHUNK", 3000)  # a few instances per chunk
     torch.testing.assert_close(paste_masks(probs, boxes, (96, 112)), expected, rtol=0, atol=1e-12)
+    if grouped:  # the groups are what the test meant: several window sizes
+        sizes = {(h, w) for _, h, w in blender._size_groups(*_window_sides(boxes, r, (96, 112)))}
+        assert len(sizes) >= 5, sizes

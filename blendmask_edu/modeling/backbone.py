@@ -25,6 +25,9 @@ Norm layers (``norm``):
   a ResNet *without* normalisation: activations grow with depth (at init the std of P3 is ~2× that
   with BN for R-18, ~10× for R-50) and nothing keeps them in range while training, so it trains
   badly from scratch. From scratch use ``"bn"`` or ``"gn"`` with ``frozen_stages=0``.
+  With ``fold_frozen_bn`` (the default) each frozen BatchNorm is folded into the convolution
+  before it (:func:`fold_frozen_norms`, ``layers.FrozenBNConv2d``): the same numbers up to float
+  rounding and the same state-dict keys, without a pass over the activations per norm.
 * ``"bn"`` — trainable ``BatchNorm2d``: from scratch with batches of about 8 or more images.
 * ``"gn"`` — ``GroupNorm(32, c)`` (fewer groups when c is not a multiple of 32): from scratch with
   small batches.
@@ -61,11 +64,11 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
 from blendmask_edu.config import BackboneConfig
-from blendmask_edu.modeling.layers import make_norm
+from blendmask_edu.modeling.layers import fold_frozen_norm, make_norm
 
 # torchvision's ImageNet weights expect RGB in 0..1 normalised with these (per channel R, G, B).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -171,6 +174,26 @@ def freeze_stages(body: nn.Sequential, frozen_stages: int) -> None:
     for module in frozen_modules(body, frozen_stages):
         module.eval()
         module.requires_grad_(False)
+
+
+# The (convolution, norm) pairs of torchvision's ResNet modules, by child name: the stem and the
+# blocks (conv1 → bn1, ...) and the shortcut's Sequential (0 → 1).
+CONV_NORM_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("0", "1"))
+
+
+def fold_frozen_norms(body: nn.Module) -> int:
+    """Replace every ``FrozenBatchNorm2d`` that follows a convolution in ``body`` (a ResNet
+    trunk: the pairs ``CONV_NORM_PAIRS``) by the folded pair of ``layers.fold_frozen_norm``.
+    The trunk computes the same numbers (up to float rounding), its state-dict keys unchanged.
+    Returns the number of norms folded (R-50: 53)."""
+    folded = 0
+    for module in list(body.modules()):
+        for conv_name, norm_name in CONV_NORM_PAIRS:
+            conv, norm = module._modules.get(conv_name), module._modules.get(norm_name)
+            if isinstance(conv, nn.Conv2d) and type(norm) is FrozenBatchNorm2d:
+                module._modules[conv_name], module._modules[norm_name] = fold_frozen_norm(conv, norm)
+                folded += 1
+    return folded
 
 
 def narrow_resnet(depth: int, width: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
@@ -284,14 +307,15 @@ def build_resnet_fpn(depth: int = BackboneConfig.depth, pretrained: bool = False
                      frozen_stages: int = BackboneConfig.frozen_stages,
                      norm: str = BackboneConfig.norm, fpn_channels: int = BackboneConfig.fpn_channels,
                      levels: Sequence[int] = BackboneConfig.levels,
-                     width: int = BackboneConfig.width) -> ResNetFPN:
+                     width: int = BackboneConfig.width,
+                     fold_frozen_bn: bool = BackboneConfig.fold_frozen_bn) -> ResNetFPN:
     """ResNet-``depth`` + FPN with outputs ``levels`` (``(3..7)`` = the paper's P3–P7).
 
     ``pretrained`` loads torchvision's ImageNet weights (cache or download); ``weights_path`` loads
     a local state dict of the same trunk instead (a ``.pth`` of a torchvision ResNet, ``fc.*``
     ignored; it wins over ``pretrained``). ``width`` is the stem width; other than 64 it builds a
     proportionally narrower ResNet (:func:`narrow_resnet`) for CPU presets, which has no ImageNet
-    weights. See the module docstring for ``norm`` and ``frozen_stages``.
+    weights. See the module docstring for ``norm``, ``frozen_stages`` and ``fold_frozen_bn``.
     """
     if depth not in _RESNETS:
         raise ValueError(f"depth={depth}: expected one of {', '.join(map(str, _RESNETS))}")
@@ -316,6 +340,8 @@ def build_resnet_fpn(depth: int = BackboneConfig.depth, pretrained: bool = False
         load_trunk(body, read_state_dict(weights_path), f"weights_path {str(weights_path)!r}", trunk)
     elif pretrained:
         load_trunk(body, imagenet_state_dict(depth), "torchvision's ImageNet weights", trunk)
+    if fold_frozen_bn:
+        fold_frozen_norms(body)
     expansion = _RESNETS[depth][2].expansion
     body_channels = [width * 2 ** i * expansion for i in range(4)]  # C2..C5
     return ResNetFPN(body, body_channels, fpn_channels, levels, frozen_stages)

@@ -204,7 +204,8 @@ def build_fcos(cfg: Config, extra_levels: Sequence[int] = ()) -> FCOS:
     built = sorted(set(b.levels) | set(extra_levels))
     backbone = build_resnet_fpn(depth=b.depth, pretrained=b.pretrained, weights_path=b.weights_path,
                                 frozen_stages=b.frozen_stages, norm=b.norm,
-                                fpn_channels=b.fpn_channels, levels=built, width=b.width)
+                                fpn_channels=b.fpn_channels, levels=built, width=b.width,
+                                fold_frozen_bn=b.fold_frozen_bn)
     size_ranges = size_ranges_from_sizes(f.sizes_of_interest)
     if len(size_ranges) != len(b.levels):
         raise ValueError(f"fcos.sizes_of_interest gives {len(size_ranges)} size ranges for "

@@ -194,7 +194,8 @@ def build_mask_rcnn(cfg: Config) -> MaskRCNN:
                          f"level P2-P6 expected")
     fpn = build_resnet_fpn(depth=b.depth, pretrained=b.pretrained, weights_path=b.weights_path,
                            frozen_stages=b.frozen_stages, norm=b.norm,
-                           fpn_channels=b.fpn_channels, levels=(2, 3, 4, 5), width=b.width)
+                           fpn_channels=b.fpn_channels, levels=(2, 3, 4, 5), width=b.width,
+                           fold_frozen_bn=b.fold_frozen_bn)
     backbone = MaxPoolP6(fpn)
     c = b.fpn_channels
     anchors = AnchorGenerator(tuple((int(s),) for s in r.anchor_sizes),
