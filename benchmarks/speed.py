@@ -12,8 +12,11 @@ synthetic training batch. Measured (``benchmarks/README.md`` explains every numb
   stages              where BlendMask's inference time goes, stage by stage, by calling the
                       model's own stage methods in ``BlendMask.forward``'s order (checked against
                       ``model(images)``); Mask R-CNN's stages for comparison
+  work                GFLOP of one inference and of one training step (``torch.utils.flop_counter``),
+                      beside the time: how much of a ratio is the model's arithmetic itself
   per instance        the top module at D locations, the blend, blend + paste
-                      (``postprocess_masks``) for D = 10, 100, 1000, against the dense top module
+                      (``postprocess_masks``) for D = 10, 100, 1000, against the dense top module,
+                      and allocating the D full-image maps alone (the floor of any paste)
 
 This file parses the arguments, runs the measurements, prints the tables and checks the goals; its
 siblings do the rest: ``peers.py`` (the models and inputs), ``timing.py`` (the clocks),
@@ -38,7 +41,7 @@ import torchvision
 from memory import measure_memory
 from peers import entries, make_images, make_targets, norm_summary, parameters
 from stages import blendmask_stages, maskrcnn_stages, per_instance_costs, staged_breakdown
-from timing import interleaved_medians, make_train_step, run_inference
+from timing import count_flops, interleaved_medians, make_train_step, run_inference
 
 GOALS = [  # (name, numerator, denominator, phase, upper bound on the ratio) — issue 16's
     ("inference ≤ 0.5 × Mask R-CNN", "blendmask_r50", "maskrcnn_tv", "inference", 0.5),
@@ -203,9 +206,11 @@ def main(argv=None) -> Dict:
                             min(args.warmup, 1), stage_repeats, device) for k in staged_keys}
     steps = {k: make_train_step(m, inputs[k][1], inputs[k][2]) for k, m in models.items()}
     train = interleaved_medians(steps, min(args.warmup, 1), args.train_repeats, device)
-    for m in models.values():
+    flops = {k: {"train": count_flops(steps[k])} for k in models}  # one more step each
+    for k, m in models.items():
         m.eval()
-    result["inference"], result["train"] = inference, train
+        flops[k]["inference"] = count_flops(lambda m=m, x=inputs[k][0]: run_inference(m, x))
+    result["inference"], result["train"], result["gflops"] = inference, train, flops
     section("Inference latency (1 image) and training step (batch 2), ms")
     print(table(["model", "input", "inference median", "min", "CPU", "train step median", "min",
                  "CPU"],
@@ -215,6 +220,15 @@ def main(argv=None) -> Dict:
                   f"{train[k]['cpu_median_ms']:.0f}"] for k in models]))
     print("\n(CPU = median CPU time of the process, all threads: about threads × wall on a quiet "
           "machine)")
+    section("Work: GFLOP of one inference (1 image) and one training step (batch 2)")
+    print(table(["model", "inference GFLOP", "GFLOP/s", "train step GFLOP", "GFLOP/s"],
+                [[info[k]["title"], f"{flops[k]['inference']:.1f}",
+                  f"{1000 * flops[k]['inference'] / inference[k]['median_ms']:.0f}",
+                  f"{flops[k]['train']:.1f}",
+                  f"{1000 * flops[k]['train'] / train[k]['median_ms']:.0f}"] for k in models]))
+    print("\n(torch.utils.flop_counter: convolutions, matrix products and attention, 2 per "
+          "multiply-add; a time ratio below the GFLOP ratio means the model runs its FLOPs faster "
+          "than its peer)")
 
     if not args.no_memory:
         memory = measure_memory(args, list(models))
@@ -241,13 +255,15 @@ def main(argv=None) -> Dict:
         for peer in ("maskrcnn_tv", "fcos_tv", "fcos_r50"):
             rows.append([f"{phase}: BlendMask R-50 / {info[peer]['title']}",
                          f"{ratio('blendmask_r50', peer, phase):.2f}",
-                         f"{ratio('blendmask_r50', peer, phase, 'cpu_median_ms'):.2f}"])
-    print(table(["ratio", "wall", "CPU"], rows))
+                         f"{ratio('blendmask_r50', peer, phase, 'cpu_median_ms'):.2f}",
+                         f"{flops['blendmask_r50'][phase] / flops[peer][phase]:.2f}"])
+    print(table(["ratio", "wall", "CPU", "GFLOP"], rows))
     print("\n(the goals use wall time; a CPU-time ratio far from it means the machine was busy)")
     for name, a, b, phase, bound in GOALS:
         value = ratio(a, b, phase)
         goals.append({"goal": name, "ratio": value, "bound": bound, "met": value <= bound,
-                      "cpu_ratio": ratio(a, b, phase, "cpu_median_ms")})
+                      "cpu_ratio": ratio(a, b, phase, "cpu_median_ms"),
+                      "gflop_ratio": flops[a][phase] / flops[b][phase]})
     if "memory" in result:
         peak = lambda k: result["memory"][k]["peak_inference_mb"]  # noqa: E731
         value = peak("blendmask_r50") / peak("fcos_tv")
@@ -275,17 +291,25 @@ def main(argv=None) -> Dict:
     section(f"Per-instance work vs D instances, {info[key]['title']} at {args.size}², ms "
             f"(bases 1×{k}×{h}×{w}, R={models[key].blend_options['resolution']}, "
             f"M={models[key].top.attn_size})")
-    print(table(["D", "top module at D locations", "blend", "blend + paste", "per instance"],
+    print(table(["D", "top module at D locations", "blend", "blend + paste", "per instance",
+                 "of which allocating the D maps"],
                 [[r["instances"], f"{r['top_at_locations_ms']:.2f}", f"{r['blend_ms']:.2f}",
-                  f"{r['blend+paste_ms']:.1f}", f"{r['blend+paste_ms'] / r['instances']:.3f}"]
+                  f"{r['blend+paste_ms']:.1f}", f"{r['blend+paste_ms'] / r['instances']:.3f}",
+                  f"{r['allocate_ms']:.1f}"]
                  for r in costs["rows"]]))
+    floor = {r["instances"]: r["allocate_ms"] for r in costs["rows"]}.get(BLEND_AT)
+    if floor is not None:
+        print(f"\n(allocating = torch.zeros(D, {args.size}, {args.size}) alone, the floor of "
+              f"pasting D full-image float32 maps: at D = {BLEND_AT}, "
+              f"{100 * floor / inference[key]['median_ms']:.1f} % of an inference)")
     print(f"\nFor comparison, the dense top module (the conv at every one of the "
           f"{costs['locations']} locations): {costs['dense_top_ms']:.1f} ms")
     goals.extend(blend_goals(costs["rows"], inference[key]["median_ms"]))
 
     section("Goals (issue 16)")
     for g in goals:
-        print(f"{'✓' if g['met'] else '✗'} {g['goal']}: {g['ratio']:.2f}")
+        work = f"   (GFLOP ratio {g['gflop_ratio']:.2f})" if "gflop_ratio" in g else ""
+        print(f"{'✓' if g['met'] else '✗'} {g['goal']}: {g['ratio']:.2f}{work}")
 
     meta["load_average_end"] = load_average()
     print(f"\nload average at the end: {meta['load_average_end']}")

@@ -90,7 +90,9 @@ def per_instance_costs(model, images: Sequence[Tensor], instances: Sequence[int]
     paste (``postprocess_masks``) with D random boxes; plus the dense top module for comparison.
 
     Returns ``locations`` (L), ``dense_top_ms``, ``bases_shape`` [1, K, H/4, W/4] and ``rows``,
-    one {``instances``, ``top_at_locations_ms``, ``blend_ms``, ``blend+paste_ms``} per D.
+    one {``instances``, ``top_at_locations_ms``, ``blend_ms``, ``blend+paste_ms``,
+    ``allocate_ms``} per D. ``allocate`` is ``torch.zeros(D, H, W)`` alone: the floor of any
+    paste that returns D full-image float maps (on the CPU mostly the page faults of fresh memory).
     """
     g = torch.Generator().manual_seed(seed)
     size = images[0].shape[-1]
@@ -116,6 +118,7 @@ def per_instance_costs(model, images: Sequence[Tensor], instances: Sequence[int]
                                    options["interpolation"]),
             "blend+paste": lambda: postprocess_masks(bases, attentions, boxes, index, x.sizes[0],
                                                      **options),
+            "allocate": lambda: torch.zeros(count, *x.sizes[0], device=device),
         }
         with torch.inference_mode():
             timed = interleaved_medians(tasks, warmup, repeats, device)

@@ -1,5 +1,5 @@
 """How the benchmark measures time: synchronised wall and CPU clocks, medians of interleaved runs,
-and a per-stage clock.
+a per-stage clock, and the arithmetic (GFLOP) of a call.
 
 Every number of ``speed.py`` comes from here, so that all models are timed the same way.
 """
@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,6 +44,15 @@ def make_train_step(model: nn.Module, images: Sequence[Tensor],
         sum(losses.values()).backward()
         optimizer.step()
     return step
+
+
+def count_flops(task: Callable[[], object]) -> float:
+    """GFLOP of one call of ``task`` (forward, and backward when it trains), as
+    ``torch.utils.flop_counter.FlopCounterMode`` counts them: convolutions, matrix products and
+    attention, two per multiply-add; elementwise work, norms, RoIAlign and NMS are not counted."""
+    with FlopCounterMode(display=False) as counter:
+        task()
+    return counter.get_total_flops() / 1e9
 
 
 def interleaved_medians(tasks: Dict[str, Callable[[], object]], warmup: int, repeats: int,

@@ -51,7 +51,17 @@ def test_quick_run_prints_and_saves_every_section(tmp_path):
     assert "Goals (issue 16)" in done.stdout
     assert "top module (at the detections)" in result["stages"]["blendmask_r50"]
     assert [r["instances"] for r in result["per_instance"]["rows"]] == [10, 100]
+    assert all(r["allocate_ms"] > 0 for r in result["per_instance"]["rows"])
     assert result["meta"]["threads"] == 1
+    # The arithmetic: our FCOS and torchvision's are the same network (R-50-FPN, P3-P7, the
+    # head of 4 + 4 convs of 256), so the counter must find the same GFLOP in both; BlendMask
+    # adds its bottom module, top module and blender to our FCOS.
+    assert "Work: GFLOP" in done.stdout and set(result["gflops"]) == MODELS
+    flops = result["gflops"]
+    for phase in ("inference", "train"):
+        assert abs(flops["fcos_r50"][phase] / flops["fcos_tv"][phase] - 1) < 0.02, phase
+        assert flops["blendmask_r50"][phase] > flops["fcos_r50"][phase] > 0, phase
+    assert all(g["gflop_ratio"] > 0 for g in result["goals"][:3])
 
 
 def test_memory_worker_reports_peaks(monkeypatch):

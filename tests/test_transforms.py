@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as nnf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torchvision.transforms.v2 as v2
+from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 
 from blendmask_edu.data import transforms as T
@@ -164,6 +166,53 @@ def test_flip_twice_is_identity():
     for key in ("boxes", "labels", "masks", "sem_seg", "iscrowd"):
         assert torch.equal(twice[key], target[key]), key
     assert twice["image_id"] == target["image_id"]
+
+
+def _torchvision_flip(image, target, p):
+    """The flip as torchvision's v2.RandomHorizontalFlip does it on tv_tensors, then the tight
+    boxes of the flipped masks (the module's contract), computed here without the module."""
+    height, width = image.shape[-2:]
+    wrapped = {k: tv_tensors.Mask(v) if k in ("masks", "sem_seg") else v for k, v in target.items()}
+    if "boxes" in target:
+        wrapped["boxes"] = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY",
+                                                    canvas_size=(height, width))
+    image, wrapped = v2.RandomHorizontalFlip(p)(tv_tensors.Image(image), wrapped)
+    out = {k: v.as_subclass(torch.Tensor) if isinstance(v, tv_tensors.TVTensor) else v
+           for k, v in wrapped.items()}
+    if "masks" in out:
+        keep = out["masks"].flatten(1).ne(0).any(1)
+        out = {k: v[keep] if k in ("boxes", "labels", "masks", "iscrowd") else v
+               for k, v in out.items()}
+        out["boxes"] = (torch.stack([torch.from_numpy(tight_box_numpy(m.numpy()))
+                                     for m in out["masks"]]) if len(out["masks"])
+                        else torch.zeros(0, 4))
+    return image.as_subclass(torch.Tensor), out
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("masks_too", [True, False])
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(sample=samples(), seed=st.integers(0, 1000))
+def test_flip_is_torchvisions_bit_for_bit(p, masks_too, sample, seed):
+    """The hand-written flip draws what v2.RandomHorizontalFlip draws and gives its sample, bit
+    for bit, with and without masks (then the boxes are flipped arithmetically), and leaves the
+    global generator where torchvision leaves it."""
+    image, target = sample
+    if not masks_too:
+        target = {k: v for k, v in target.items() if k != "masks"}
+    torch.manual_seed(seed)
+    expected_image, expected = _torchvision_flip(image, target, p)
+    after_expected = torch.rand(1)
+    torch.manual_seed(seed)
+    got_image, got = T.RandomHorizontalFlip(p)(image, target)
+    assert torch.equal(torch.rand(1), after_expected)
+    assert torch.equal(got_image, expected_image)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if torch.is_tensor(value):
+            assert value.dtype == got[key].dtype and torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
 
 
 @pytest.mark.parametrize("size, short, max_size, expected", [

@@ -17,8 +17,9 @@ themselves live in the config (``InputConfig``), whose presets scale them down f
 e.g. the CPU preset. At test time only the image is resized (:func:`resize_for_test`, the one
 test-time resize path), and the predictions are mapped back.
 
-The geometry itself is torchvision's (``transforms.v2`` kernels dispatched on ``tv_tensors``
-``Image``, ``BoundingBoxes`` and ``Mask``). On top of it, after every geometric step:
+The resize is torchvision's (``transforms.v2`` kernels dispatched on ``tv_tensors`` ``Image``,
+``BoundingBoxes`` and ``Mask``); the flip is written out on plain tensors, bit for bit what
+``v2.RandomHorizontalFlip`` gives. On top of both, after every geometric step:
 
 * boxes are recomputed as the tight box of each transformed mask (``boxes_from_masks``), so that
   boxes and masks agree exactly even after nearest-neighbour resizing;
@@ -40,7 +41,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
-import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
@@ -62,8 +62,9 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
         (G, 4) float32 boxes in pixels. An empty mask gets the box (0, 0, 0, 0).
     """
     _, H, W = masks.shape
-    cols = masks.ne(0).any(dim=1)  # (G, W): the column holds a mask pixel
-    rows = masks.ne(0).any(dim=2)  # (G, H)
+    inside = masks if masks.dtype == torch.bool else masks.ne(0)  # (G, H, W), one pass
+    cols = inside.any(dim=1)  # (G, W): the column holds a mask pixel
+    rows = inside.any(dim=2)  # (G, H)
     xs = torch.arange(W, device=masks.device)
     ys = torch.arange(H, device=masks.device)
     # Start = smallest hit coordinate (a miss counts as W or H); end = largest hit + 1 (a miss, 0).
@@ -168,23 +169,33 @@ class ResizeShortestEdge:
 class RandomHorizontalFlip:
     """Flip image, boxes, masks and ``sem_seg`` left-right together with probability ``p``.
 
-    ``(image (3, H, W), target) -> (image (3, H, W), target)``; torchvision's
-    ``v2.RandomHorizontalFlip`` on tv_tensors, then boxes re-tightened to the flipped masks
-    (a box ``x0..x1`` becomes ``W - x1 .. W - x0``). Draws from torch's global generator.
+    ``(image (3, H, W), target) -> (image (3, H, W), target)``: a box ``x0..x1`` becomes
+    ``W - x1 .. W - x0``, then boxes are re-tightened to the flipped masks. Draws from torch's
+    global generator exactly as torchvision's ``v2.RandomHorizontalFlip`` does (one
+    ``torch.rand(1)``, flip when it is below ``p``), and gives the same sample as it, bit for bit
+    (``tests/test_transforms.py``), without wrapping every tensor into ``tv_tensors`` first:
+    the flip is three ``Tensor.flip`` calls and a subtraction, where the wrapping took most of an
+    item's time on the shapes set (``benchmarks/README.md``).
     """
 
     def __init__(self, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
-        self._flip = v2.RandomHorizontalFlip(p)
 
     def __call__(self, image: torch.Tensor, target: Target) -> Sample:
-        image, target = _wrap(image, target)
-        # Only the tv_tensors go through v2, which rebuilds the containers it is given; the
-        # other entries are put back as the very same objects.
-        geometric = {key: value for key, value in target.items()
-                     if isinstance(value, tv_tensors.TVTensor)}
-        image, geometric = self._flip(image, geometric)
-        return _finish(image, {**target, **geometric})
+        _check_sizes(image, target)
+        if torch.rand(1) >= self.p:
+            return _finish(image, target)
+        width = image.shape[-1]
+        flipped = dict(target)
+        for key in ("masks", "sem_seg"):
+            if key in flipped:
+                flipped[key] = flipped[key].flip(-1)
+        if "boxes" in flipped:
+            x0, y0, x1, y1 = flipped["boxes"].reshape(-1, 4).unbind(1)
+            flipped["boxes"] = torch.stack([width - x1, y0, width - x0, y1], dim=1)
+        return _finish(image.flip(-1), flipped)
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
@@ -238,13 +249,10 @@ def _is_per_instance(key: str, value: Any, num_instances: int) -> bool:
 
 def _wrap(image: torch.Tensor, target: Target) -> Tuple[tv_tensors.Image, Target]:
     """Tag the tensors with their tv_tensors type so that v2 kernels know how to move them."""
-    height, width = image.shape[-2:]
+    height, width = _check_sizes(image, target)
     wrapped = dict(target)
     for key in ("masks", "sem_seg"):
         if key in wrapped:
-            if tuple(wrapped[key].shape[-2:]) != (height, width):
-                raise ValueError(f"target[{key!r}] has size {tuple(wrapped[key].shape[-2:])}, "
-                                 f"the image {(height, width)}")
             wrapped[key] = tv_tensors.Mask(wrapped[key])
     if "boxes" in wrapped:
         wrapped["boxes"] = tv_tensors.BoundingBoxes(wrapped["boxes"], format="XYXY",
@@ -260,11 +268,23 @@ def _resize(value: Any, size: List[int]) -> Any:
     return value
 
 
+def _check_sizes(image: torch.Tensor, target: Target) -> Tuple[int, int]:
+    """(H, W) of the image; ValueError when ``masks`` or ``sem_seg`` has another size."""
+    height, width = image.shape[-2:]
+    for key in ("masks", "sem_seg"):
+        if key in target and tuple(target[key].shape[-2:]) != (height, width):
+            raise ValueError(f"target[{key!r}] has size {tuple(target[key].shape[-2:])}, "
+                             f"the image {(height, width)}")
+    return height, width
+
+
 def _finish(image: torch.Tensor, target: Target) -> Sample:
     """Back to plain tensors; boxes = tight boxes of the masks; drop emptied instances."""
     plain = {key: value.as_subclass(torch.Tensor) if isinstance(value, tv_tensors.TVTensor)
              else value for key, value in target.items()}
     if "masks" in plain:
         plain["boxes"] = boxes_from_masks(plain["masks"])
-        plain = drop_empty(plain)
+        empty = plain["boxes"][:, 2] == 0  # (G,): an empty mask's box is (0, 0, 0, 0)
+        if bool(empty.any()):
+            plain = drop_empty(plain)
     return image.as_subclass(torch.Tensor), plain
