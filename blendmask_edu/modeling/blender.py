@@ -219,13 +219,10 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) 
     mask_probs (D, R, R) · boxes (D, 4) xyxy in image pixels · image_size (H, W).
     Returns (D, H, W) probabilities (threshold them at 0.5 for binary masks).
     Each image pixel centre (x + ½, y + ½) is placed at ((x + ½ − x0) / (x1 − x0))·2 − 1
-    inside the box and sampled bilinearly with zeros outside the map (``grid_sample``'s
-    align_corners=False), the detectron2 paste. Zero padding fades the outer half map cell
-    towards the box border, so a coarse map (small R for a big box) rounds the box corners off.
-    Boxes of zero width or height paste nothing. Bilinear sampling on a grid of pixel centres is
-    separable, so it is computed as two small matrix products per instance (``_bilinear_weights``),
-    the same numbers as ``grid_sample`` up to float rounding (tests/test_blender.py) for about
-    half the work.
+    inside the box and sampled bilinearly (``grid_sample``, align_corners=False, zeros outside),
+    the detectron2 paste. Zero padding fades the outer half map cell towards the box border, so a
+    coarse map (small R for a big box) rounds the box corners off. Boxes of zero width or height
+    paste nothing.
 
     Only a window around each box is sampled — the box grown by the reach of that fade (half a
     map cell, (x1 − x0) / 2R px) and a pixel; beyond it every sample is exactly 0 — and written
@@ -250,38 +247,25 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) 
     right = (x1 + box_w / (2 * resolution) + 1).ceil().clamp(0, width).long()
     bottom = (y1 + box_h / (2 * resolution) + 1).ceil().clamp(0, height).long()
     nonempty = (x1 > x0) & (y1 > y0)  # (D,)
-    scale = nonempty.to(probs.dtype)  # (D,) 0 pastes nothing
     for index, win_h, win_w in _size_groups(bottom - top, right - left, max(height, width)):
         # The group's window, moved inside the image where it would stick out: it still holds
         # each box's reach (at most win_h × win_w, inside the image), and the pixels it adds
         # sample 0. Within a window every pixel is unique, so each is written once.
-        rows, along_y = _bilinear_weights(top[index].clamp(max=height - win_h), win_h,
-                                          y0[index], box_h[index], resolution)  # (d, h), (d, h, R)
-        cols, along_x = _bilinear_weights(left[index].clamp(max=width - win_w), win_w,
-                                          x0[index], box_w[index], resolution)  # (d, w), (d, w, R)
-        with torch.autocast(probs.device.type, enabled=False):  # float32 products, not bf16
-            sampled = (along_y * scale[index, None, None]) @ probs[index] @ along_x.transpose(1, 2)
-        out[index[:, None, None], rows[:, :, None], cols[:, None, :]] = sampled  # (d, h, w)
+        rows = top[index].clamp(max=height - win_h)[:, None] + torch.arange(
+            win_h, device=boxes.device)  # (d, h) image rows of each window
+        cols = left[index].clamp(max=width - win_w)[:, None] + torch.arange(
+            win_w, device=boxes.device)  # (d, w) image columns
+        grid = probs.new_empty(len(index), win_h, win_w, 2)  # (d, h, w, 2) = (x, y) in −1..1
+        grid[..., 0] = ((cols.to(probs.dtype) + 0.5 - x0[index, None])
+                        / box_w[index, None].clamp_min(1e-6) * 2 - 1)[:, None, :]
+        grid[..., 1] = ((rows.to(probs.dtype) + 0.5 - y0[index, None])
+                        / box_h[index, None].clamp_min(1e-6) * 2 - 1)[:, :, None]
+        sampled = F.grid_sample(probs[index, None], grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)[:, 0]  # (d, h, w)
+        pixel = (index[:, None, None] * (height * width) + rows[:, :, None] * width
+                 + cols[:, None, :])  # (d, h, w) flat index into out
+        out.put_(pixel, sampled * nonempty[index, None, None])
     return out
-
-
-def _bilinear_weights(start: Tensor, count: int, low: Tensor, length: Tensor,
-                      resolution: int) -> Tuple[Tensor, Tensor]:
-    """One axis of the paste: the image pixels ``start + 0..count-1`` of each of d windows and
-    their bilinear weights on the R map cells, for boxes from ``low`` of ``length`` pixels.
-
-    start (d,) int64 · low, length (d,) float. Returns (pixels (d, count) int64,
-    weights (d, count, R)). Pixel centre p + ½ sits at u = (p + ½ − low) / length · R − ½ in
-    map cells (grid_sample's align_corners=False), and weighs cell j by max(0, 1 − |u − j|):
-    the two cells around u get 1 − frac(u) and frac(u), cells outside 0..R−1 do not exist
-    (zero padding). Bilinear sampling is the product of one such weight per axis, so
-    ``weights_y @ map @ weights_xᵀ`` is ``grid_sample``'s bilinear, zero-padded paste.
-    """
-    pixels = start[:, None] + torch.arange(count, device=start.device)  # (d, count)
-    u = ((pixels.to(low.dtype) + 0.5 - low[:, None]) / length[:, None].clamp_min(1e-6)
-         * resolution - 0.5)  # (d, count) in map cells
-    cells = torch.arange(resolution, device=start.device, dtype=low.dtype)  # (R,)
-    return pixels, (1 - (u[:, :, None] - cells).abs()).clamp_min(0)
 
 
 def _size_groups(heights: Tensor, widths: Tensor, longest: int) -> List[Tuple[Tensor, int, int]]:
