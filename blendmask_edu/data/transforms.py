@@ -62,7 +62,7 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
         (G, 4) float32 boxes in pixels. An empty mask gets the box (0, 0, 0, 0).
     """
     _, H, W = masks.shape
-    inside = masks if masks.dtype == torch.bool else masks.ne(0)  # (G, H, W), one pass
+    inside = masks.ne(0)  # (G, H, W), one pass for both directions
     cols = inside.any(dim=1)  # (G, W): the column holds a mask pixel
     rows = inside.any(dim=2)  # (G, H)
     xs = torch.arange(W, device=masks.device)
@@ -284,7 +284,5 @@ def _finish(image: torch.Tensor, target: Target) -> Sample:
              else value for key, value in target.items()}
     if "masks" in plain:
         plain["boxes"] = boxes_from_masks(plain["masks"])
-        empty = plain["boxes"][:, 2] == 0  # (G,): an empty mask's box is (0, 0, 0, 0)
-        if bool(empty.any()):
-            plain = drop_empty(plain)
+        plain = drop_empty(plain)
     return image.as_subclass(torch.Tensor), plain
