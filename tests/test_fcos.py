@@ -9,11 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blendmask_edu.assignments.fcos_tasks import _assign as checker_assign
+from blendmask_edu.modeling import fcos
 from blendmask_edu.modeling.fcos import (
     FCOSHead,
-    FCOSTargets,
+    assign_batch_targets,
     assign_targets,
-    batch_targets,
+    centerness_targets,
     compute_locations,
     decode_boxes,
     flatten_predictions,
@@ -205,17 +207,18 @@ def test_assignment_invariants_on_random_boxes(box_list, radius):
 
 # ---------------------------------------------------------------- batching and flattening
 
-def make_targets(labels, gt_index, num_gts):
+def in_batch_order(labels, gt_index, num_gts, sizes):
+    """Hand-made per-image fields (N, L) laid out by ``fcos._in_batch_order``: reg_targets and
+    centerness are the labels again, to follow the rows."""
     labels, gt_index = torch.tensor(labels), torch.tensor(gt_index)
-    n = len(labels)
-    return FCOSTargets(labels, labels[:, None].float().expand(n, 4) * 1, labels.float() / 100,
-                       gt_index, num_gts)
+    return fcos._in_batch_order(labels, labels[..., None].float().expand(*labels.shape, 4),
+                                labels.float() / 100, gt_index, num_gts, sizes)
 
 
-def test_batch_targets_order_and_gt_offsets():
-    a = make_targets([0, 1, 2, 3, 4], [0, -1, 1, -1, 0], num_gts=2)  # levels of 3 and 2 locations
-    b = make_targets([10, 11, 12, 13, 14], [2, -1, 0, 1, -1], num_gts=3)
-    t = batch_targets([a, b], [3, 2])
+def test_batch_order_and_gt_offsets():
+    # two images of 5 locations in levels of 3 and 2; 2 and 3 GTs
+    t = in_batch_order([[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]],
+                       [[0, -1, 1, -1, 0], [2, -1, 0, 1, -1]], [2, 3], [3, 2])
     assert t.labels.tolist() == [0, 1, 2, 10, 11, 12, 3, 4, 13, 14]
     assert t.gt_index.tolist() == [0, -1, 1, 4, -1, 2, -1, 0, 3, -1]
     assert t.reg_targets[:, 2].tolist() == [float(v) for v in t.labels.tolist()]
@@ -223,7 +226,59 @@ def test_batch_targets_order_and_gt_offsets():
     assert t.num_gts == 5
 
 
-def test_flatten_predictions_matches_batch_targets_order():
+@pytest.mark.parametrize("seed", range(12))
+def test_batch_assignment_equals_an_independent_one_image_at_a_time(seed, monkeypatch):
+    """``assign_batch_targets`` (GT lists padded to the longest, images in chunks) gives, row for
+    row, what the assignment checker's own implementation gives image by image, laid out by hand
+    in the batch order (level, then image) with the GT offsets; and exactly
+    ``batch_targets`` of ``assign_targets``. Images without GTs, degenerate boxes, one to five
+    images, several centre radii; every other seed in chunks of one or two images."""
+    g = torch.Generator().manual_seed(seed)
+    _, locs = levels_for(96)
+    sizes = [len(p) for p in locs]
+    num_gts = torch.randint(0, 7, (1 + seed % 5,), generator=g).tolist()
+    if seed % 4 == 0:
+        num_gts[0] = 0
+    boxes, labels = [], []
+    for n in num_gts:
+        xy = torch.rand(n, 2, generator=g) * 96 - 8
+        wh = torch.rand(n, 2, generator=g) * 90 * (torch.rand(n, 1, generator=g) > 0.1)
+        boxes.append(torch.cat([xy, xy + wh], dim=1))
+        labels.append(torch.randint(0, 5, (n,), generator=g))
+    radius = (1.5, 0.5, 3.0)[seed % 3]
+    if seed % 2:
+        monkeypatch.setattr(fcos, "ASSIGN_CHUNK", 2 * sum(sizes) * max(num_gts))
+        assert len(fcos._image_chunks(num_gts, sum(sizes))) >= len(num_gts) / 2
+    got = assign_batch_targets(locs, STRIDES, RANGES, boxes, labels, radius)
+
+    per_image = [checker_assign(locs, STRIDES, RANGES, b, c, radius) for b, c in zip(boxes, labels)]
+    offsets = [sum(num_gts[:i]) for i in range(len(num_gts))]
+    expected = {"labels": [], "reg_targets": [], "gt_index": []}
+    for start, size in zip([sum(sizes[:k]) for k in range(len(sizes))], sizes):
+        for (lab, reg, gt), offset in zip(per_image, offsets):
+            rows = slice(start, start + size)
+            expected["labels"].append(lab[rows])
+            expected["reg_targets"].append(reg[rows])
+            expected["gt_index"].append(torch.where(gt[rows] >= 0, gt[rows] + offset, -1))
+    for name, parts in expected.items():
+        torch.testing.assert_close(getattr(got, name), torch.cat(parts), rtol=1e-6, atol=1e-6)
+    positive = got.labels >= 0
+    torch.testing.assert_close(got.centerness, torch.where(
+        positive, centerness_targets(got.reg_targets), torch.zeros_like(got.centerness)))
+    assert got.num_gts == sum(num_gts) and len(got.labels) == len(num_gts) * sum(sizes)
+    assert positive.any() or sum(num_gts) == 0
+
+
+def test_assignment_chunks_stay_within_the_bound(monkeypatch):
+    """Runs of consecutive images whose padded location × GT pairs fit ``ASSIGN_CHUNK``; an image
+    too big for it alone still gets a run."""
+    monkeypatch.setattr(fcos, "ASSIGN_CHUNK", 100)
+    assert fcos._image_chunks([3, 5, 0, 2, 9], 10) == [(0, 2), (2, 4), (4, 5)]
+    assert fcos._image_chunks([20, 1], 10) == [(0, 1), (1, 2)]
+    assert fcos._image_chunks([0, 0, 0], 10) == [(0, 3)]
+
+
+def test_flatten_predictions_matches_the_targets_batch_order():
     shapes = [(2, 3), (1, 2)]
     sizes = [h * w for h, w in shapes]
     # prediction channel 0 = image index · 100 + location index within the image
@@ -234,9 +289,9 @@ def test_flatten_predictions_matches_batch_targets_order():
         start += h * w
     flat = flatten_predictions(per_level)
     assert flat.shape == (2 * sum(sizes), 3)
-    images = [make_targets([i * 100 + j for j in range(sum(sizes))], [-1] * sum(sizes), 0)
-              for i in range(2)]
-    torch.testing.assert_close(flat[:, 0], batch_targets(images, sizes).labels.float())
+    targets = in_batch_order([[i * 100 + j for j in range(sum(sizes))] for i in range(2)],
+                             [[-1] * sum(sizes)] * 2, [0, 0], sizes)
+    torch.testing.assert_close(flat[:, 0], targets.labels.float())
 
 
 # ---------------------------------------------------------------- box coding

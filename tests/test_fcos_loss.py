@@ -10,8 +10,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from blendmask_edu.modeling.fcos import (
     FCOSHead,
-    assign_targets,
-    batch_targets,
+    assign_batch_targets,
     compute_locations,
     flatten_predictions,
 )
@@ -80,12 +79,10 @@ def small_batch(seed=0):
     """Two 32x32 images, levels of stride 8 and 16, three classes; real assigned targets."""
     shapes, strides, ranges = [(4, 4), (2, 2)], [8, 16], [(-1, 24), (24, 1e8)]
     locs = compute_locations(shapes, strides)
-    per_image = [
-        assign_targets(locs, strides, ranges, torch.tensor([[2.0, 3, 30, 29], [4, 4, 20, 14]]),
-                       torch.tensor([2, 0])),
-        assign_targets(locs, strides, ranges, torch.tensor([[8.0, 6, 26, 30]]), torch.tensor([1])),
-    ]
-    targets = batch_targets(per_image, [16, 4])
+    targets = assign_batch_targets(
+        locs, strides, ranges, [torch.tensor([[2.0, 3, 30, 29], [4, 4, 20, 14]]),
+                                torch.tensor([[8.0, 6, 26, 30]])],
+        [torch.tensor([2, 0]), torch.tensor([1])])
     g = torch.Generator().manual_seed(seed)
     total = targets.labels.numel()
     return (targets, torch.randn(total, 3, generator=g), torch.rand(total, 4, generator=g) * 3,
@@ -144,9 +141,8 @@ def test_reduce_mean_normalisers():
 def test_empty_batch_losses_are_finite_and_reach_every_head_parameter():
     shapes, strides = [(4, 4), (2, 2)], [8, 16]
     locs = compute_locations(shapes, strides)
-    empty = assign_targets(locs, strides, [(-1, 24), (24, 1e8)], torch.zeros(0, 4),
-                           torch.zeros(0, dtype=torch.int64))
-    targets = batch_targets([empty, empty], [16, 4])
+    targets = assign_batch_targets(locs, strides, [(-1, 24), (24, 1e8)], [torch.zeros(0, 4)] * 2,
+                                   [torch.zeros(0, dtype=torch.int64)] * 2)
     head = FCOSHead(in_channels=8, num_classes=3, num_convs=1)
     out = head([torch.randn(2, 8, h, w) for h, w in shapes])
     losses, extras = fcos_losses(flatten_predictions(out["cls_logits"]),

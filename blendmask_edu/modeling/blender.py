@@ -192,7 +192,7 @@ def blend_training_loss(bases: Tensor, attentions: Tensor, gt_index: Tensor,
     """The BlendMask mask loss of a batch, docs/model.md §5 (all positives, no subsampling).
 
     bases (N, K, h, w) · attentions (P, K·M·M) of the FCOS positives · gt_index (P,) the
-    batch-wide index of each positive's GT (``batch_targets`` order: image 0's GTs first)
+    batch-wide index of each positive's GT (``assign_batch_targets``: image 0's GTs first)
     gt_boxes_per_image [(G_i, 4)] · gt_masks_per_image [(G_i, H_i, W_i)] · centerness (P,)
     loss_denorm scalar from ``fcos_losses`` · all_attentions any tensor that depends on every
     top-module parameter (the model passes the sum of them), only used so that a batch without
@@ -246,7 +246,7 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) 
     top = (y0 - box_h / (2 * resolution) - 1).floor().clamp(0, height).long()
     right = (x1 + box_w / (2 * resolution) + 1).ceil().clamp(0, width).long()
     bottom = (y1 + box_h / (2 * resolution) + 1).ceil().clamp(0, height).long()
-    nonempty = (x1 > x0) & (y1 > y0)  # (D,)
+    probs = probs * ((x1 > x0) & (y1 > y0))[:, None, None]  # an empty box pastes zeros
     for index, win_h, win_w in _size_groups(bottom - top, right - left, max(height, width)):
         # The group's window, moved inside the image where it would stick out: it still holds
         # each box's reach (at most win_h × win_w, inside the image), and the pixels it adds
@@ -264,7 +264,7 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]) 
                                 align_corners=False)[:, 0]  # (d, h, w)
         pixel = (index[:, None, None] * (height * width) + rows[:, :, None] * width
                  + cols[:, None, :])  # (d, h, w) flat index into out
-        out.put_(pixel, sampled * nonempty[index, None, None])
+        out.put_(pixel, sampled)
     return out
 
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from blendmask_edu.config import Config
 from blendmask_edu.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, build_resnet_fpn
 from blendmask_edu.modeling.blender import scale_boxes
-from blendmask_edu.modeling.fcos import (FCOSHead, FCOSTargets, assign_targets, batch_targets,
+from blendmask_edu.modeling.fcos import (FCOSHead, FCOSTargets, assign_batch_targets,
                                          compute_locations, flatten_predictions,
                                          size_ranges_from_sizes)
 from blendmask_edu.modeling.fcos_inference import fcos_postprocess
@@ -173,9 +173,9 @@ class FCOS(nn.Module):
 
     def assign(self, locations: Sequence[Tensor], targets: List[Dict]) -> FCOSTargets:
         """FCOS targets of the batch, level-major then image (docs/model.md §2, pitfall 15)."""
-        per_image = [assign_targets(locations, self.strides, self.size_ranges, t["boxes"],
-                                    t["labels"], self.center_radius) for t in targets]
-        return batch_targets(per_image, [len(loc) for loc in locations])
+        return assign_batch_targets(locations, self.strides, self.size_ranges,
+                                    [t["boxes"] for t in targets], [t["labels"] for t in targets],
+                                    self.center_radius)
 
     def detector_losses(self, head: Dict[str, List[Tensor]], fcos_targets: FCOSTargets):
         """(the three FCOS losses, extras): the extras (normaliser, positives) are what the

@@ -66,7 +66,7 @@ def fcos_losses(cls_logits: Tensor, bbox_reg: Tensor, centerness_logits: Tensor,
     """FCOS losses of a batch, all predictions and targets flattened in the batch order.
 
     cls_logits (L, C) · bbox_reg (L, 4) stride units · centerness_logits (L,) or (L, 1)
-    targets    batched ``FCOSTargets`` (``batch_targets``), L rows in the same order
+    targets    batched ``FCOSTargets`` (``assign_batch_targets``), L rows in the same order
     reduce_mean  averages a scalar over processes (DDP); None = a single process.
 
     With P the positives (labels ≥ 0), c_i their centerness targets,
