@@ -155,8 +155,8 @@ def _tiny_fast() -> Config:
     about three quarters of the time. ``benchmarks/time_to_accuracy.py`` (``make
     time-to-accuracy``) measures it against ``tiny`` on the code it ran on before; in a fresh
     clone on 2 cores (AMD EPYC): 548 s against 725 s (0.76×), mask AP 51.0 against 50.4, PQ 57.2
-    against 57.4; on a 2-core Intel Xeon: 779 s against 976 s (0.80×), mask AP 51.3 against
-    50.4, PQ 57.2 against 56.8.
+    against 57.4; on a 2-core Intel Xeon, with the batched FCOS targets (``22a673a``): 703 s
+    against 972 s (0.72×), mask AP 50.5 against 51.2, PQ 57.2 against 57.8.
 
     Measured on shapes val, 2 threads (a 2-core AMD EPYC), one seed:
     - quality follows the number of images seen, not the steps: ``tiny``'s recipe at 2000
