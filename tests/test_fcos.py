@@ -230,9 +230,9 @@ def test_batch_order_and_gt_offsets():
 def test_batch_assignment_equals_an_independent_one_image_at_a_time(seed, monkeypatch):
     """``assign_batch_targets`` (GT lists padded to the longest, images in chunks) gives, row for
     row, what the assignment checker's own implementation gives image by image, laid out by hand
-    in the batch order (level, then image) with the GT offsets; and exactly
-    ``batch_targets`` of ``assign_targets``. Images without GTs, degenerate boxes, one to five
-    images, several centre radii; every other seed in chunks of one or two images."""
+    in the batch order (level, then image) with the GT offsets. Images without GTs, degenerate
+    boxes, one to five images, several centre radii; every other seed in chunks of one or two
+    images."""
     g = torch.Generator().manual_seed(seed)
     _, locs = levels_for(96)
     sizes = [len(p) for p in locs]
