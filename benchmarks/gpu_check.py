@@ -2,7 +2,7 @@
 
 On a COCO subset (``--data``, default ``data/coco_subset``: the README's ``data subset``
 commands make it), the script trains the ``coco_r50_short`` preset — the paper's R-50
-BlendMask, batch 8, mixed precision (``torch.autocast``, CUDA only) — for ``--iters``
+BlendMask, batch 8, mixed precision (``torch.autocast``: float16 on CUDA) — for ``--iters``
 iterations (300) and evaluates it on the first ``--val-images`` (200) val images. It prints:
 
   s/iter, images/s     wall time of the iterations after the first ``--warmup`` (20), the GPU
@@ -207,7 +207,7 @@ def run(args, overrides) -> Dict:
     from blendmask_edu.cli.common import UsageError, fit_categories
     from blendmask_edu.evaluation.evaluate import evaluate_coco
     from blendmask_edu.evaluation.tables import format_ap_table
-    from blendmask_edu.training.engine import train
+    from blendmask_edu.training.engine import autocast_dtype, train
     from blendmask_edu.utils import seed_everything
 
     if args.iters < 2 or args.val_images < 1:
@@ -222,11 +222,12 @@ def run(args, overrides) -> Dict:
                                                               args.train_split, args.val_split)
     cfg = fit_categories(cfg, train_set)
     solver, sizes = cfg.solver, cfg.input.train_short_sizes
-    amp = solver.amp and device.type == "cuda"
+    amp_dtype = autocast_dtype(device, solver.amp)
+    amp = amp_dtype is not None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"  # CUDA-only call
     print(f"gpu-check: preset {PRESET} on {args.data} ({len(train_set)} {train_split} images with "
           f"objects, quick AP on {len(val_set)} {val_split} images); device {device} ({name}), "
-          f"torch {torch.__version__}, autocast {'on' if amp else 'off (CUDA only)'}")
+          f"torch {torch.__version__}, autocast {str(amp_dtype)[6:] if amp else 'off'}")
     inside = " (all inside it)" if args.iters <= solver.warmup_iters else ""
     shorter = f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else f"{sizes[0]}"
     print(f"training {args.iters} iterations of batch {solver.batch_size}, shorter side "

@@ -18,6 +18,9 @@ The training time is the training loop's own clock (``time`` in ``metrics.jsonl`
 first step to the last, checkpoints included; without building the data or the model, and
 without the evaluation).
 
+``--new-overrides`` passes config overrides to the new run only: ``--new-overrides='--solver.amp
+true'`` trains ``tiny_fast`` in bfloat16 on a CPU that computes it natively (float32 elsewhere).
+
 Run it on a quiet machine (``make time-to-accuracy``; about 35 minutes on 2 cores): another
 process on the same cores slows the two runs by different amounts. ``--quick`` trains 3 steps of
 each on whatever ``--data`` holds, to test the script; its numbers mean nothing.
@@ -29,6 +32,7 @@ import argparse
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 3 steps of each preset on --data as it is (tests the "
                         "script, measures nothing)")
+    p.add_argument("--new-overrides", default="", metavar="ARGS",
+                   help="config overrides for the new run only, as one string, e.g. "
+                        "--new-overrides='--solver.amp true' (bfloat16 on a CPU with it)")
     p.add_argument("--json", help="save every number to this file")
     return p.parse_args(argv)
 
@@ -140,7 +147,9 @@ def main(argv=None) -> Dict:
                 print(f"no git commit {args.today_ref} here: today's run uses this checkout's "
                       f"code with the image cache off, so this code's other speed-ups help it too")
             today = ("tiny", ["--input.cache_mb", "0"], "tiny, this code, no image cache")
-        plan = [("today", *today), ("new", "tiny_fast", [], "tiny_fast, the demo's preset")]
+        extra = shlex.split(args.new_overrides)
+        plan = [("today", *today),
+                ("new", "tiny_fast", extra, " ".join(["tiny_fast, the demo's preset", *extra]))]
         runs = {name: train_run(name, preset, overrides, args,
                                 package if name == "today" else None)
                 for name, preset, overrides, _ in plan}

@@ -154,7 +154,7 @@ class SolverConfig:
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
     clip_grad_norm: Optional[float] = None
-    amp: bool = False                        # torch.autocast on CUDA
+    amp: bool = False                        # autocast: fp16 on CUDA, bf16 on CPUs with it
     checkpoint_period: int = 5000
 
 

@@ -56,8 +56,9 @@ def _coco_r50_short() -> Config:
       ``blendmask-edu data subset --images 20000``) instead of 270,000 of batch 16 (4.32M
       images), with the LR steps at 9,000 and 10,800 (75 % and 90 %; the 3× schedule drops at
       78 % and 93 %);
-    - mixed precision (``amp``: torch.autocast and a GradScaler, CUDA only; the paper trained in
-      fp32): faster and lighter on GPUs with tensor cores; the losses are computed in fp32;
+    - mixed precision (``amp``: torch.autocast in float16 and a GradScaler on CUDA; the paper
+      trained in fp32): faster and lighter on GPUs with tensor cores; the losses are computed in
+      fp32 (on a CPU, ``amp`` is bfloat16 where the CPU has it: ``training.engine``);
     - a checkpoint every 1000 iterations instead of 5000, so that an interrupted short run
       loses only a few minutes.
 

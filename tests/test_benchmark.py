@@ -106,11 +106,17 @@ def test_time_to_accuracy_trains_both_presets_and_prints_the_ratio(tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "time_to_accuracy.py"), "--quick",
                            "--data", str(data), "--out", str(tmp_path / "runs"), "--threads", "1",
+                           "--new-overrides", "--solver.checkpoint_period 7",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     runs = result["runs"]
     assert [runs[name]["preset"] for name in ("today", "new")] == ["tiny", "tiny_fast"]
+    # --new-overrides reach the new run only
+    assert runs["new"]["overrides"] == ["--solver.checkpoint_period", "7"]
+    periods = {name: json.loads((tmp_path / "runs" / name / "config.json").read_text())
+               ["solver"]["checkpoint_period"] for name in runs}
+    assert periods == {"today": 500, "new": 7}
     for name, run in runs.items():
         written = json.loads((tmp_path / "runs" / name / "metrics.json").read_text())
         assert run["iterations"] == 3 and run["mask_AP"] == written["segm"]["AP"]

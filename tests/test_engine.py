@@ -20,7 +20,8 @@ from blendmask_edu.config import SolverConfig, load_config, save_config
 from blendmask_edu.modeling.detector import build_fcos
 from blendmask_edu.presets import get_config
 from blendmask_edu.training.checkpoint import load_checkpoint
-from blendmask_edu.training.engine import train
+from blendmask_edu.training import engine
+from blendmask_edu.training.engine import autocast_dtype, train
 from blendmask_edu.training.sampling import batch_indices, batches
 from blendmask_edu.training.solver import build_optimizer, lr_factor
 from conftest import shapes_train_set
@@ -212,7 +213,7 @@ def test_resume_equals_an_uninterrupted_run(shapes, tmp_path):
 
 
 def test_run_files_evaluation_and_resume_notes(shapes, tmp_path, capsys):
-    cfg, data = _short_config(amp=True), shapes_train_set(shapes)  # AMP: a no-op on the CPU
+    cfg, data = _short_config(amp=True), shapes_train_set(shapes)  # bfloat16 if the CPU has it
     model, calls = _fresh_model(cfg), []
 
     def evaluate(m):
@@ -243,6 +244,46 @@ def test_run_files_evaluation_and_resume_notes(shapes, tmp_path, capsys):
     log = train(_fresh_model(cfg), data, cfg, max_iter=1, progress=False, out_dir=fresh,
                 resume=True)
     assert "starting from scratch" in capsys.readouterr().out and log[-1]["iter"] == 1
+
+
+def test_autocast_dtype_per_device(monkeypatch, capsys):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, False) is None and autocast_dtype(cuda, False) is None
+    assert autocast_dtype(cuda, True) == torch.float16
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: True)
+    assert autocast_dtype(cpu, True) == torch.bfloat16
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: False)
+    capsys.readouterr()
+    assert autocast_dtype(cpu, True, note=True) is None
+    assert "training in float32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_the_cpu_trains_in_bfloat16_where_the_cpu_has_it(shapes, tmp_path, monkeypatch,
+                                                                 native):
+    """``solver.amp`` on the CPU: the convolutions compute in bfloat16 where the CPU has it
+    (forced here both ways: autocast emulates bfloat16 on any CPU, slowly), in float32 where it
+    does not. The weights stay float32, no gradient scaler is saved, the losses of the first
+    step are within bfloat16's rounding of float32's, and the run resumes."""
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: native)
+    cfg, data = _short_config(amp=True), shapes_train_set(shapes)
+    reference = train(_fresh_model(cfg), data, _short_config(), max_iter=1, progress=False,
+                      log_period=1)
+    model, seen = _fresh_model(cfg), set()
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    log = train(model, data, cfg, max_iter=2, progress=False, log_period=1, out_dir=tmp_path)
+    assert seen == {torch.bfloat16 if native else torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    first, expected = _losses(log)[0], _losses(reference)[0]
+    assert first.keys() == expected.keys()
+    for key in first:
+        assert first[key] == pytest.approx(expected[key], rel=0.03 if native else 1e-6), key
+    assert load_checkpoint(tmp_path / "last.pt")["extra"]["scaler"] == {}
+    log = train(_fresh_model(cfg), data, cfg, max_iter=3, progress=False, log_period=1,
+                out_dir=tmp_path, resume=True)
+    assert [e["iter"] for e in log] == [1, 2, 3]
+    assert all(math.isfinite(e["loss"]) for e in log)
 
 
 class _NaNAt(nn.Module):

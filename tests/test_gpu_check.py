@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from blendmask_edu.data.coco_like import write_coco_like
+from blendmask_edu.training.engine import native_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -71,7 +72,9 @@ def test_cpu_toy_run_on_a_coco_layout_prints_every_number(tmp_path):
     result = json.loads(out.read_text())
     assert "7 train2017 images with objects, quick AP on 2 val2017 images" in text  # 1 is empty
     assert (result["iterations"], result["warmup"], result["batch_size"]) == (3, 1, 2)
-    assert result["amp"] is False  # the preset's autocast is for CUDA only
+    # the preset's autocast: float16 on CUDA, bfloat16 on a CPU that has it, else float32
+    assert result["amp"] is native_bfloat16()
+    assert f"autocast {'bfloat16' if result['amp'] else 'off'}" in text
 
     s_per_iter = float(re.search(r"^s/iter: (\d+\.\d+) \(iterations 2-3;", text, re.M).group(1))
     assert s_per_iter == pytest.approx(result["s_per_iter"], abs=5e-4) and s_per_iter > 0

@@ -136,6 +136,9 @@ def test_boxes_from_masks_hand_case_and_empty():
     masks[2, 4, 7] = 1  # one pixel in the bottom-right corner
     expected = torch.tensor([[3, 1, 6, 3], [0, 0, 0, 0], [7, 4, 8, 5]], dtype=torch.float32)
     torch.testing.assert_close(T.boxes_from_masks(masks), expected)
+    for other in (masks.bool(), masks.float() * -0.5):  # nonzero = inside, whatever the dtype
+        torch.testing.assert_close(T.boxes_from_masks(other), expected)
+        assert T.drop_empty({"masks": other})["masks"].shape[0] == 2
     assert T.boxes_from_masks(torch.zeros(0, 5, 8, dtype=torch.uint8)).shape == (0, 4)
 
 

@@ -2,9 +2,10 @@
 
 Each iteration sets the learning rate (:mod:`~blendmask_edu.training.solver`), takes the next
 batch of the stream (:mod:`~blendmask_edu.training.sampling`), checks the loss is finite,
-steps the optimizer (optional gradient clipping, and mixed precision — ``torch.autocast`` —
-on CUDA only), and logs. Introduced in ``notebooks/01_fcos.ipynb`` (a short FCOS training) and
-explained in ``04_train.ipynb``.
+steps the optimizer (optional gradient clipping, and mixed precision with ``solver.amp``:
+``torch.autocast`` in float16 with a gradient scaler on CUDA, in bfloat16 on a CPU that computes
+it natively — :func:`autocast_dtype`), and logs. Introduced in ``notebooks/01_fcos.ipynb`` (a
+short FCOS training) and explained in ``04_train.ipynb``.
 
 A run with ``out_dir`` writes there ``config.json``, ``metrics.jsonl`` (one JSON line per log
 entry), ``last.pt`` (:mod:`blendmask_edu.training.checkpoint`) and ``loss_curve.png``;
@@ -87,12 +88,14 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
     device = torch.device(device) if device is not None else next(model.parameters()).device
     run = Path(out_dir) if out_dir is not None else None
     path = run / CHECKPOINT_FILE if run is not None else None
-    amp = solver.amp and device.type == "cuda"
+    amp_dtype = autocast_dtype(device, solver.amp, note=main)
+    amp = amp_dtype is not None
     if world > 1 and device.type == "cuda":  # batch statistics over all processes' images
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device).train()
     optimizer = build_optimizer(model, solver)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    # float16 needs its gradients scaled (they underflow); bfloat16 has float32's exponent range.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     log, start, state = [], 0, {"running": {}, "count": 0, "elapsed": 0.0}
     if run is not None:
@@ -123,7 +126,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                        for t in targets]
-            with torch.autocast(device.type, enabled=amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 losses = trainee(images, targets)
             # The whole batch's loss terms, the same on every process: logs, and the NaN check
             # that all processes pass or fail together (one stopping alone would hang the rest).
@@ -170,7 +173,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
                 if main:
                     extra = {"running": dict(running), "count": count,
                              "elapsed": time.perf_counter() - clock,
-                             "scaler": scaler.state_dict() if amp else {}}
+                             "scaler": scaler.state_dict() if scaler.is_enabled() else {}}
                     ckpt.save_checkpoint(path, model=model, optimizer=optimizer, iteration=done,
                                          cfg=cfg, extra=extra)
                 saved_at = done
@@ -186,6 +189,28 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
     if main and run is not None:
         save_loss_curve(log, run / CURVE_FILE)
     return log
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX tiles). Without them
+    bfloat16 is emulated in float32 arithmetic, and autocast would add its rounding without a
+    reason to be faster (not timed here: the machines of this project have both or neither, and
+    the one with neither was not run in bfloat16)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast_dtype(device: torch.device, amp: bool, note: bool = False) -> Optional[torch.dtype]:
+    """The dtype ``solver.amp`` trains in on ``device``, or None for float32: float16 on CUDA,
+    bfloat16 on a CPU with :func:`native_bfloat16`, None elsewhere (with ``note``, it says so)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and native_bfloat16():
+        return torch.bfloat16
+    _note(note, f"solver.amp: no mixed precision on {device} (CUDA, or a CPU with native "
+                f"bfloat16: AVX-512 BF16 or AMX); training in float32")
+    return None
 
 
 def _stop_flag(stop: StopRequest, device: torch.device) -> torch.Tensor:
