@@ -12,8 +12,8 @@ dataclasses of :mod:`blendmask_edu.config`, so a preset states only what it chan
   and the expected time and AP (estimates, with their basis; ``make gpu-check`` measures a GPU).
 - ``tiny`` — the CPU preset for the shapes dataset (128 px images): every departure from the
   paper is listed in its own docstring below, with the reason. The notebooks train it.
-- ``tiny_fast`` — ``make demo``'s: ``tiny`` trained on the same number of images in about three
-  quarters of the time (batch 16 for 2000 steps, a narrower auxiliary head).
+- ``tiny_fast`` — ``make demo``'s: ``tiny`` trained on the same number of images in 0.56–0.76 of
+  the time (batch 16 for 2000 steps, a narrower auxiliary head).
 """
 
 from __future__ import annotations
@@ -153,11 +153,13 @@ def _tiny() -> Config:
 
 def _tiny_fast() -> Config:
     """The demo's CPU preset: ``tiny``'s model and data, the same 32,000 training images in
-    about three quarters of the time. ``benchmarks/time_to_accuracy.py`` (``make
+    0.56–0.76 of the time. ``benchmarks/time_to_accuracy.py`` (``make
     time-to-accuracy``) measures it against ``tiny`` on the code it ran on before; in a fresh
     clone on 2 cores (AMD EPYC): 548 s against 725 s (0.76×), mask AP 51.0 against 50.4, PQ 57.2
     against 57.4; on a 2-core Intel Xeon, with the batched FCOS targets (``22a673a``): 703 s
-    against 972 s (0.72×), mask AP 50.5 against 51.2, PQ 57.2 against 57.8.
+    against 972 s (0.72×), mask AP 50.5 against 51.2, PQ 57.2 against 57.8; with the faster tight
+    boxes (``5037ce1``), later that day: 546 s against 979 s (0.56×), mask AP 50.6 against 49.8,
+    PQ 57.1 against 57.0 (the ratio moves with the machine's load).
 
     Measured on shapes val, 2 threads (a 2-core AMD EPYC), one seed:
     - quality follows the number of images seen, not the steps: ``tiny``'s recipe at 2000
@@ -175,6 +177,10 @@ def _tiny_fast() -> Config:
     - the decoded training images kept in memory (``input.cache_mb``, on for every preset where
       they fit): 2 ms an item instead of 8.
     Everything else is ``tiny``'s (see its docstring for the departures from the paper).
+    ``--solver.amp true`` trains it in bfloat16 on a CPU that computes it natively: on the Intel
+    Xeon (AMX), 494 s against 830 s for ``tiny`` on the old code (0.59×), box AP 60.0, mask AP
+    51.7, PQ 57.8; the float32 run right after it took 635 s (59.4 / 51.1 / 57.6). Off here: the
+    notebooks show float32 runs of this preset.
     """
     cfg = _tiny()
     return dataclasses.replace(
