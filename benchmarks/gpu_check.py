@@ -227,7 +227,8 @@ def run(args, overrides) -> Dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"  # CUDA-only call
     print(f"gpu-check: preset {PRESET} on {args.data} ({len(train_set)} {train_split} images with "
           f"objects, quick AP on {len(val_set)} {val_split} images); device {device} ({name}), "
-          f"torch {torch.__version__}, autocast {str(amp_dtype)[6:] if amp else 'off'}")
+          f"torch {torch.__version__}, "
+          f"autocast {str(amp_dtype).removeprefix('torch.') if amp else 'off'}")
     inside = " (all inside it)" if args.iters <= solver.warmup_iters else ""
     shorter = f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else f"{sizes[0]}"
     print(f"training {args.iters} iterations of batch {solver.batch_size}, shorter side "
