@@ -88,30 +88,39 @@ def package_at(ref: str, folder: Path) -> Optional[Path]:
 
 
 def train_run(name: str, preset: str, overrides: Sequence[str], args,
-              package: Optional[Path] = None) -> Dict:
-    """Train ``preset`` into ``args.out/name`` in a fresh process (with ``package`` first on
-    PYTHONPATH when given) and read back what it wrote: the iterations, the batch size, the
-    training time and the val metrics."""
-    out = Path(args.out) / name
+              package: Path = REPO) -> Dict:
+    """Train ``preset`` into ``args.out/name`` in a fresh process that imports ``blendmask_edu``
+    from the folder ``package`` (this checkout by default) and read back what it wrote: the
+    iterations, the batch size, the training time and the val metrics.
+
+    The process runs *in* ``package``: ``python -m`` puts its working folder first on
+    ``sys.path``, before PYTHONPATH, so from this checkout's root even an older package on
+    PYTHONPATH would lose to this one (it did, before this was written so)."""
+    out = Path(args.out).resolve() / name
     if out.exists():  # a run that resumed would not time its whole training
         shutil.rmtree(out)
     command = [sys.executable, "-m", "blendmask_edu", "train", "--preset", preset,
-               "--data", str(args.data), "--out", str(out), "--quiet", *overrides]
+               "--data", str(Path(args.data).resolve()), "--out", str(out), "--quiet",
+               *overrides]
     if args.quick:
         command += ["--max-iter", "3"]
-    print(f"\n$ {' '.join(command)}", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])
+           .rstrip(os.pathsep)}
+    probe = [sys.executable, "-c", "import blendmask_edu; print(blendmask_edu.__file__)"]
+    imported = subprocess.run(probe, cwd=package, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    print(f"\n$ cd {package} && {' '.join(command)}\n(blendmask_edu from {imported})", flush=True)
     started = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if package is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(package), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    subprocess.run(command, check=True, env=env)
+    subprocess.run(command, check=True, env=env, cwd=package)
     wall = time.perf_counter() - started
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     steps = [entry for entry in log if "time" in entry]
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     return {"preset": preset, "overrides": list(overrides),
-            "code": str(package) if package else "this checkout", "iterations": steps[-1]["iter"],
+            "code": "this checkout" if package == REPO else str(package),
+            "package_file": imported, "iterations": steps[-1]["iter"],
             "batch_size": config["solver"]["batch_size"], "train_s": steps[-1]["time"],
             "process_s": wall, "box_AP": metrics["bbox"]["AP"], "mask_AP": metrics["segm"]["AP"],
             "PQ": metrics.get("PQ")}
@@ -151,7 +160,7 @@ def main(argv=None) -> Dict:
         plan = [("today", *today),
                 ("new", "tiny_fast", extra, " ".join(["tiny_fast, the demo's preset", *extra]))]
         runs = {name: train_run(name, preset, overrides, args,
-                                package if name == "today" else None)
+                                package if name == "today" and package is not None else REPO)
                 for name, preset, overrides, _ in plan}
     print("\n# Time to accuracy on shapes val\n")
     print(f"threads {args.threads}, load average at the end {load_average()}\n")

@@ -123,10 +123,18 @@ def test_time_to_accuracy_trains_both_presets_and_prints_the_ratio(tmp_path):
         assert run["PQ"] == written["PQ"] and 0 < run["train_s"] < run["process_s"]
     # today's run trains `tiny` with the package of TODAY_REF from git (a clone has it), else
     # with this code and the image cache off
+    configs = {name: json.loads((tmp_path / "runs" / name / "config.json").read_text())
+               for name in runs}
+    assert Path(runs["new"]["package_file"]) == BENCHMARKS.parent / "blendmask_edu" / "__init__.py"
+    assert "cache_mb" in configs["new"]["input"]
     if runs["today"]["code"] == "this checkout":
         assert runs["today"]["overrides"] == ["--input.cache_mb", "0"]
     else:
         assert runs["today"]["overrides"] == [] and "today_ref" in result
+        # the old package really ran: its config had no image cache yet (run from the
+        # checkout's root, `python -m` imported this checkout's package instead)
+        assert "cache_mb" not in configs["today"]["input"]
+        assert runs["today"]["package_file"].startswith(runs["today"]["code"])
     ratio = result["goals"][-1]["value"]
     assert ratio == runs["new"]["train_s"] / runs["today"]["train_s"]
     assert f"training time ratio (new / today): {ratio:.2f}" in done.stdout
