@@ -386,7 +386,7 @@ def test_demo_writes_the_report_and_metrics(demo_run):
     assert metrics["images"] == 2 and "AP" in metrics["segm"]
     report = (out / "report.md").read_text()
     assert "| box |" in report and "| mask |" in report and "preset `tiny_fast`" in report
-    assert "trained for 2 iterations" in report
+    assert "trained for 2 iterations" in report and "float32" in report  # tiny_fast: no amp
     for picture in ("loss_curve.png", "predictions.png", "bases.png", "panoptic.png"):
         assert f"({picture})" in report
     # the tiny preset is panoptic: the Table 1 row, with the values of metrics.json

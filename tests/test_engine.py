@@ -21,7 +21,7 @@ from blendmask_edu.modeling.detector import build_fcos
 from blendmask_edu.presets import get_config
 from blendmask_edu.training.checkpoint import load_checkpoint
 from blendmask_edu.training import engine
-from blendmask_edu.training.engine import autocast_dtype, train
+from blendmask_edu.training.engine import autocast_dtype, precision_name, train
 from blendmask_edu.training.sampling import batch_indices, batches
 from blendmask_edu.training.solver import build_optimizer, lr_factor
 from conftest import shapes_train_set
@@ -256,6 +256,11 @@ def test_autocast_dtype_per_device(monkeypatch, capsys):
     capsys.readouterr()
     assert autocast_dtype(cpu, True, note=True) is None
     assert "training in float32" in capsys.readouterr().out
+    # the same decision in words, for logs and reports
+    assert precision_name(cpu, True) == precision_name(cpu, False) == "float32"
+    assert precision_name(cuda, True) == "float16 autocast"
+    monkeypatch.setattr(engine, "native_bfloat16", lambda: True)
+    assert precision_name(cpu, True) == "bfloat16 autocast"
 
 
 @pytest.mark.parametrize("native", [True, False])

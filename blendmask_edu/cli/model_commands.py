@@ -34,7 +34,7 @@ def _run_training(args, cfg, data):
     from blendmask_edu.evaluation.evaluate import evaluate_coco
     from blendmask_edu.modeling.blendmask import build_model
     from blendmask_edu.training.distributed import get_rank, init_distributed
-    from blendmask_edu.training.engine import train
+    from blendmask_edu.training.engine import precision_name, train
     from blendmask_edu.utils import seed_everything
 
     # Under torchrun every process joins the group and takes its device (cuda:LOCAL_RANK or cpu).
@@ -44,8 +44,8 @@ def _run_training(args, cfg, data):
     train_set, val_set = training_sets(data, cfg, args.train_split, args.val_split)
     cfg = fit_categories(cfg, train_set)
     print(describe(cfg))
-    print(f"device {device}, {len(train_set)} {args.train_split} / {len(val_set)} "
-          f"{args.val_split} images from {data}")
+    print(f"device {device} ({precision_name(device, cfg.solver.amp)}), {len(train_set)} "
+          f"{args.train_split} / {len(val_set)} {args.val_split} images from {data}")
     seed_everything(cfg.seed)
     model = build_model(cfg)
     start = time.perf_counter()

