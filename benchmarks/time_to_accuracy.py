@@ -19,7 +19,8 @@ first step to the last, checkpoints included; without building the data or the m
 without the evaluation).
 
 ``--new-overrides`` passes config overrides to the new run only: ``--new-overrides='--solver.amp
-true'`` trains ``tiny_fast`` in bfloat16 on a CPU that computes it natively (float32 elsewhere).
+false'`` trains ``tiny_fast`` in float32 where it would train in bfloat16 (a CPU that computes it
+natively).
 
 Run it on a quiet machine (``make time-to-accuracy``; about 35 minutes on 2 cores): another
 process on the same cores slows the two runs by different amounts. ``--quick`` trains 3 steps of
@@ -65,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "script, measures nothing)")
     p.add_argument("--new-overrides", default="", metavar="ARGS",
                    help="config overrides for the new run only, as one string, e.g. "
-                        "--new-overrides='--solver.amp true' (bfloat16 on a CPU with it)")
+                        "--new-overrides='--solver.amp false' (float32 on a CPU with bfloat16)")
     p.add_argument("--json", help="save every number to this file")
     return p.parse_args(argv)
 

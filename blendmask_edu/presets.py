@@ -12,8 +12,9 @@ dataclasses of :mod:`blendmask_edu.config`, so a preset states only what it chan
   and the expected time and AP (estimates, with their basis; ``make gpu-check`` measures a GPU).
 - ``tiny`` — the CPU preset for the shapes dataset (128 px images): every departure from the
   paper is listed in its own docstring below, with the reason. The notebooks train it.
-- ``tiny_fast`` — ``make demo``'s: ``tiny`` trained on the same number of images in 0.56–0.76 of
-  the time (batch 16 for 2000 steps, a narrower auxiliary head).
+- ``tiny_fast`` — ``make demo``'s: ``tiny`` trained on the same number of images in under half
+  the time of ``tiny`` on its own code (batch 16 for 2000 steps, a narrower auxiliary head,
+  bfloat16 autocast on a CPU that computes it natively).
 """
 
 from __future__ import annotations
@@ -153,13 +154,13 @@ def _tiny() -> Config:
 
 def _tiny_fast() -> Config:
     """The demo's CPU preset: ``tiny``'s model and data, the same 32,000 training images in
-    0.56–0.76 of the time. ``benchmarks/time_to_accuracy.py`` (``make
-    time-to-accuracy``) measures it against ``tiny`` on the code it ran on before; in a fresh
-    clone on 2 cores (AMD EPYC): 548 s against 725 s (0.76×), mask AP 51.0 against 50.4, PQ 57.2
-    against 57.4; on a 2-core Intel Xeon, with the batched FCOS targets (``22a673a``): 703 s
-    against 972 s (0.72×), mask AP 50.5 against 51.2, PQ 57.2 against 57.8; with the faster tight
-    boxes (``5037ce1``), later that day: 546 s against 979 s (0.56×), mask AP 50.6 against 49.8,
-    PQ 57.1 against 57.0 (the ratio moves with the machine's load).
+    under half the time. ``benchmarks/time_to_accuracy.py`` (``make time-to-accuracy``)
+    measures it against ``tiny`` on the code it ran on before. On a 2-core AMD EPYC with
+    AVX-512 BF16 (2026-12-04, ``847ff2f``, one run after the other): ``tiny`` on the old code
+    788 s, box AP 59.7 / mask AP 51.1 / PQ 57.4; this preset in float32 431 s (0.55×), 58.7 /
+    51.0 / 57.2; in bfloat16, as it trains now, 378 s (0.48×), 59.4 / 50.8 / 57.3. (The ratios
+    of 0.56–0.76× printed before ``847ff2f`` compared it with ``tiny`` on the new code: the
+    script then imported this checkout's package for both runs.)
 
     Measured on shapes val, 2 threads (a 2-core AMD EPYC), one seed:
     - quality follows the number of images seen, not the steps: ``tiny``'s recipe at 2000
@@ -176,18 +177,21 @@ def _tiny_fast() -> Config:
       it was a quarter of the model's convolution time at this size;
     - the decoded training images kept in memory (``input.cache_mb``, on for every preset where
       they fit): 2 ms an item instead of 8.
+    - mixed precision (``solver.amp``): bfloat16 autocast on a CPU that computes it natively
+      (AVX-512 BF16 or AMX; :func:`~blendmask_edu.training.engine.autocast_dtype`), float32
+      with a note on other CPUs, float16 with a gradient scaler on CUDA. On the AMD EPYC above
+      the whole training took 0.88× its float32 time (378 against 431 s, mask AP 50.8 against
+      51.0, PQ 57.3 against 57.2); on an Intel Xeon with AMX 0.78× (494 against 635 s, mask AP
+      51.7 against 51.1, PQ 57.8 against 57.6). ``--solver.amp false`` trains it in float32;
+      ``compare`` does, for both models, unless told otherwise.
     Everything else is ``tiny``'s (see its docstring for the departures from the paper).
-    ``--solver.amp true`` trains it in bfloat16 on a CPU that computes it natively: on the Intel
-    Xeon (AMX), 494 s against 830 s for ``tiny`` on the old code (0.59×), box AP 60.0, mask AP
-    51.7, PQ 57.8; the float32 run right after it took 635 s (59.4 / 51.1 / 57.6). Off here: the
-    notebooks show float32 runs of this preset.
     """
     cfg = _tiny()
     return dataclasses.replace(
         cfg, name="tiny_fast",
         blendmask=dataclasses.replace(cfg.blendmask, basis_semantic_channels=32),
         solver=dataclasses.replace(cfg.solver, batch_size=16, base_lr=0.004, max_iter=2000,
-                                   steps=(1500, 1800), warmup_iters=100))
+                                   steps=(1500, 1800), warmup_iters=100, amp=True))
 
 
 def _coco_r50_3x_mask_rcnn() -> Config:
@@ -214,7 +218,8 @@ def _tiny_mask_rcnn() -> Config:
 
     The same as ``tiny_fast``: the narrow ResNet-18 (stem 16, trainable BN, nothing frozen),
     FPN width 64, the data (128 px, flip only), the solver (AdamW, batch 16, 2000 steps, steps
-    at 1500/1800, 100 warm-up steps, gradient clipping at 10) and the panoptic fusion. What
+    at 1500/1800, 100 warm-up steps, gradient clipping at 10, ``amp``; ``compare`` trains both
+    in float32) and the panoptic fusion. What
     belongs to Mask R-CNN is scaled the way ``tiny`` scales FCOS:
     - levels P2–P6 (Mask R-CNN's), anchors 8–128 px (2 × stride where the paper's are
       8 × stride on 800 px images: shapes' objects are 8–110 px);

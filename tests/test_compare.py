@@ -84,6 +84,9 @@ def test_compare_trains_both_models_writes_the_report_and_resumes(tmp_path, caps
     for folder in ("blendmask", "mask_rcnn_steps", "mask_rcnn_time"):
         metrics = json.loads((out / folder / "metrics.json").read_text())
         assert {"PQ", "AP_boundary", "hard_cases"} <= set(metrics)
+        # both models in float32, whatever the CPU (tiny_fast alone trains in bfloat16 where
+        # the CPU computes it)
+        assert json.loads((out / folder / "config.json").read_text())["solver"]["amp"] is False
     # Run again: every training is finished, the budget is read back, not measured anew
     assert main(args) == 0
     assert json.loads((out / "compare.json").read_text()) == budget

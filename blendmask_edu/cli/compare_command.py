@@ -77,7 +77,11 @@ def cmd_compare(args) -> int:
                          progress=not args.quiet)
     configs = {}
     for label, name in COMPARE_MODELS:
-        cfg = apply_overrides(preset(name), args.overrides)
+        # Both train in float32 unless the command line says otherwise (--solver.amp true):
+        # whether this CPU computes bfloat16 must not decide the equal-time comparison.
+        cfg = preset(name)
+        cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, amp=False))
+        cfg = apply_overrides(cfg, args.overrides)
         if args.max_iter is not None:
             cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver,
                                                                       max_iter=args.max_iter))

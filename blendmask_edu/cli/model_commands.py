@@ -85,6 +85,7 @@ def cmd_demo(args) -> int:
     """
     from blendmask_edu.data.synthetic import ensure_shapes
     from blendmask_edu.evaluation.report import write_report
+    from blendmask_edu.training.engine import precision_name
 
     start = time.perf_counter()
     cfg = apply_overrides(preset(DEMO_PRESET), args.overrides)
@@ -93,8 +94,9 @@ def cmd_demo(args) -> int:
     args.resume, args.checkpoint_period = True, None
     model, cfg, val_set, log, metrics, seconds = _run_training(args, cfg, data)
     out = Path(args.out)
-    notes = [f"device {next(model.parameters()).device}; data {data} "
-             f"({args.train} train / {args.val} val images of {args.size} px)"]
+    device = next(model.parameters()).device
+    notes = [f"device {device}, trained in {precision_name(device, cfg.solver.amp)}; "
+             f"data {data} ({args.train} train / {args.val} val images of {args.size} px)"]
     report = write_report(out, model, val_set, log, metrics, cfg, train_seconds=seconds,
                           notes=notes, split=args.val_split)
     print(f"demo finished in {time.perf_counter() - start:.0f} s (training {seconds:.0f} s)")

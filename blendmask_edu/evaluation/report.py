@@ -30,7 +30,6 @@ from blendmask_edu.evaluation.inference import detect
 from blendmask_edu.evaluation.panoptic_files import prediction_paths
 from blendmask_edu.evaluation.tables import TABLE1_COLUMNS, format_ap_table, format_table1
 from blendmask_edu.plots import save_loss_curve
-from blendmask_edu.training.engine import precision_name
 
 SCORE_THRESH = 0.3
 GRID_ROWS, GRID_COLS = 2, 4
@@ -120,8 +119,7 @@ def write_report(out_dir: Union[str, Path], model, val_dataset, log: Sequence[Ma
         f"# BlendMask on {Path(str(val_dataset.instances_json)).parent.parent.name or 'the data'}"
         f" — preset `{cfg.name}`", "",
         f"- trained for {iterations} iterations (batch {cfg.solver.batch_size})"
-        + (f" in {_duration(train_seconds)}" if train_seconds is not None else "")
-        + f", {precision_name(next(model.parameters()).device, cfg.solver.amp)}",
+        + (f" in {_duration(train_seconds)}" if train_seconds is not None else ""),
         f"- evaluated on {len(val_dataset)} validation images at a shorter side of "
         f"{cfg.input.test_short_size} px",
         *[f"- {note}" for note in notes], "",
