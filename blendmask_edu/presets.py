@@ -160,9 +160,8 @@ def _tiny_fast() -> Config:
     788 s, box AP 59.7 / mask AP 51.1 / PQ 57.4; this preset in float32 431 s (0.55×), 58.7 /
     51.0 / 57.2; in bfloat16, as it trains now, 378 s (0.48×), 59.4 / 50.8 / 57.3. At ``2ac34d0``
     that evening: ``tiny`` 693 s, 59.1 / 50.8 / 57.3; this preset in bfloat16 281 s (0.41×),
-    60.3 / 51.2 / 58.2. (The ratios
-    of 0.56–0.76× printed before ``847ff2f`` compared it with ``tiny`` on the new code: the
-    script then imported this checkout's package for both runs.)
+    60.3 / 51.2 / 58.2. (The ratios of 0.56–0.76× printed before ``847ff2f`` compared it with
+    ``tiny`` on the new code: the script then imported this checkout's package for both runs.)
 
     Measured on shapes val, 2 threads (a 2-core AMD EPYC), one seed:
     - quality follows the number of images seen, not the steps: ``tiny``'s recipe at 2000
